@@ -1,0 +1,68 @@
+# The README's two commands are `make demo` and `make test`; every target is safe to re-run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Stamps record which extras are installed for which pyproject.toml, so re-runs are no-ops.
+STAMP_ALL := $(VENV)/.installed-all
+STAMP_RUNTIME := $(VENV)/.installed-runtime
+
+.PHONY: help install install-runtime services services-down services-status lint test test-unit demo schema clean
+
+help:
+	@echo "make demo             set everything up and run the demo (services, model, events, verdicts)"
+	@echo "make test             set everything up and run lint, mypy and the whole test suite"
+	@echo "make install          venv at .venv with the runtime, export and dev extras"
+	@echo "make services         start Kafka (KRaft) and Redis locally; services-down / services-status"
+	@echo "make lint             ruff + mypy"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
+	  || { echo "error: Python >= 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP_ALL): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[export,dev]"
+	touch $@ $(STAMP_RUNTIME)
+
+$(STAMP_RUNTIME): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+install: $(STAMP_ALL)
+
+install-runtime: $(STAMP_RUNTIME)
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
+services-status:
+	scripts/services.sh status
+
+lint: install
+	$(VENV)/bin/ruff check moderator tests
+	$(VENV)/bin/ruff format --check moderator tests
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collects nothing: that is a broken suite here, never a pass.
+test: install services lint
+	$(PY) -m pytest -q -p no:cacheprovider; code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$code
+
+test-unit: install
+	$(PY) -m pytest -q -m "not integration"
+
+demo: install-runtime services
+	$(PY) -m moderator demo
+
+schema: install
+	$(PY) -m moderator.policy.schema > policies/schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

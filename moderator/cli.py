@@ -1,0 +1,189 @@
+"""The `moderator` command line. Heavy imports happen inside commands, so `--help` stays fast
+and `serve` never imports the torch-based export wing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moderator import __version__
+from moderator.errors import ConfigError, ModeratorError
+from moderator.policy.cli import app as policy_app
+
+app = typer.Typer(
+    name="moderator",
+    help="Image moderation: CLIP embeddings scored against text-prompt policies, on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print figures (never timed tests).", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy", help="Author policies: validate, explain, test, diff.")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML settings file (also MODERATOR_CONFIG).", exists=True),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"moderator {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Run `moderator COMMAND --help` for each command's options."""
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+@app.command()
+def settings(
+    config: ConfigOption = None,
+    markdown: Annotated[bool, typer.Option(help="Print the README settings table.")] = False,
+) -> None:
+    """Print the effective settings (secrets masked), or the README's settings table."""
+    from moderator.settings import load_settings, settings_markdown, unknown_env_vars
+
+    if markdown:
+        typer.echo(settings_markdown())
+        return
+    try:
+        loaded = load_settings(config_file=config)
+    except ConfigError as exc:
+        raise _fail(exc) from exc
+    typer.echo(loaded.model_dump_json(indent=2))
+    import os
+
+    for name in unknown_env_vars(os.environ):
+        typer.secho(f"warning: unknown setting {name}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str, typer.Option(help="Hugging Face hub id or local directory of a CLIP checkpoint.")
+    ] = "openai/clip-vit-base-patch32",
+    out: Annotated[Path, typer.Option(help="Directory to write the ONNX model into.")] = Path(
+        "models/clip-vit-base-patch32"
+    ),
+    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    optimize: Annotated[
+        bool, typer.Option(help="Fuse attention/layer-norm with the ORT transformers optimizer.")
+    ] = True,
+) -> None:
+    """Export a CLIP checkpoint to ONNX (needs the `export` extra: torch + transformers)."""
+    if precision not in ("fp32", "fp16"):
+        raise _fail(ConfigError(f"--precision must be fp32 or fp16, got {precision!r}"))
+    try:
+        from moderator.export.clip import export_clip
+    except ImportError as exc:
+        raise _fail(
+            ConfigError(
+                f"export needs torch and transformers: pip install 'moderator[export]' ({exc})"
+            )
+        ) from exc
+    try:
+        export_clip(model, out, precision=precision, opset=opset, optimize=optimize)  # type: ignore[arg-type]
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"exported {model} to {out}")
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Consume image events, publish verdicts; runs until SIGTERM/SIGINT, then drains."""
+    from moderator.service import run_service
+
+    try:
+        code = run_service(config_file=config)
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def score(
+    images: Annotated[list[Path], typer.Argument(help="Image files to score.", exists=True)],
+    model: Annotated[str, typer.Option(help="Model directory or `demo`.")] = "demo",
+    policy: Annotated[Path, typer.Option(help="Policy file or directory.")] = Path(
+        "policies/demo.yaml"
+    ),
+) -> None:
+    """Score image files offline; one verdict JSON per line, exactly as the service writes it."""
+    from moderator.offline import score_files
+
+    try:
+        for verdict in asyncio.run(score_files(images, model=model, policy=policy)):
+            typer.echo(json.dumps(verdict))
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def submit(
+    images: Annotated[list[str], typer.Argument(help="Image files or http(s) URLs.")],
+    config: ConfigOption = None,
+    surface: Annotated[str | None, typer.Option(help="Surface to tag the events with.")] = None,
+    cloudevents: Annotated[
+        bool, typer.Option(help="Send files as binary-mode CloudEvents instead of JSON.")
+    ] = False,
+) -> None:
+    """Publish image events to the input topic (try the service in a minute)."""
+    from moderator.settings import load_settings
+    from moderator.submit import submit_images
+
+    try:
+        ids = asyncio.run(
+            submit_images(
+                load_settings(config_file=config), images, surface=surface, cloudevents=cloudevents
+            )
+        )
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+    for image, event_id in zip(images, ids, strict=True):
+        typer.echo(f"{event_id}\t{image}")
+
+
+@app.command()
+def tail(
+    config: ConfigOption = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest verdict.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many records.")] = None,
+    dlq: Annotated[bool, typer.Option(help="Follow the dead-letter topic instead.")] = False,
+) -> None:
+    """Follow the verdict (or dead-letter) topic as a readable table."""
+    from moderator.settings import load_settings
+    from moderator.tail import tail_topic
+
+    try:
+        asyncio.run(
+            tail_topic(load_settings(config_file=config), from_beginning, limit, dlq, sys.stdout)
+        )
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()

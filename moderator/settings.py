@@ -1,0 +1,275 @@
+"""Settings: one object built at start-up and passed into constructors.
+
+Sources, highest priority first: constructor arguments, `MODERATOR_*` environment variables
+(nested with `__`, e.g. `MODERATOR_KAFKA__BOOTSTRAP_SERVERS`), a YAML file named by
+`MODERATOR_CONFIG` (or `--config`), then the defaults below. The README's settings table is
+generated from these models (`moderator settings --markdown`), so descriptions here are user docs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from moderator.errors import ConfigError
+
+ENV_PREFIX = "MODERATOR_"
+NESTED_DELIMITER = "__"
+CONFIG_FILE_VAR = "MODERATOR_CONFIG"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    group_id: str = Field("moderator", description="Consumer group shared by all replicas.")
+    input_topic: str = Field("moderation.images", description="Topic the image events arrive on.")
+    verdict_topic: str = Field(
+        "moderation.verdicts", description="Topic verdicts are published to."
+    )
+    dlq_topic: str = Field("moderation.dlq", description="Dead-letter topic for unusable events.")
+    embeddings_topic: str | None = Field(
+        None, description="When set, image embeddings are published here too (off by default)."
+    )
+    create_topics: bool = Field(True, description="Create missing topics at start.")
+    topic_partitions: int = Field(6, ge=1, description="Partitions for topics created at start.")
+    topic_replication: int = Field(1, ge=1, description="Replication factor for created topics.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
+    max_poll_records: int = Field(500, ge=1, description="Records fetched per poll at most.")
+    session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer session timeout.")
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL; may carry a password, so it is treated as a secret.",
+    )
+    enabled: bool = Field(True, description="Use Redis for the embedding caches.")
+    image_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of cached image embeddings.")
+    text_ttl_s: int = Field(30 * 24 * 3600, ge=1, description="TTL of cached text embeddings.")
+    timeout_s: float = Field(0.5, gt=0, description="Per-command timeout; Redis is optional.")
+
+
+class ModelSettings(BaseModel):
+    path: str = Field("demo", description="Exported model directory, or `demo`.")
+    providers: list[Literal["cuda", "tensorrt", "cpu"]] = Field(
+        default_factory=lambda: ["cuda", "cpu"],
+        description="Execution providers in order of preference; unavailable ones are skipped.",
+    )
+    device_ids: list[int] = Field(
+        default_factory=lambda: [0], description="GPU ids, one inference worker each."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads (0 = auto).")
+    verify_hashes: bool = Field(True, description="Check every model file's sha256 at load.")
+
+
+class PolicySettings(BaseModel):
+    path: Path = Field(Path("policies/demo.yaml"), description="Policy file or directory.")
+    reload_interval_s: float = Field(2.0, gt=0, description="How often the path is checked.")
+    top_k: int = Field(5, ge=0, description="Top scores reported in each verdict.")
+
+
+class PipelineSettings(BaseModel):
+    max_batch: int = Field(64, ge=1, description="Images per inference batch at most.")
+    max_wait_ms: float = Field(10.0, ge=0, description="Longest a partial batch waits.")
+    max_in_flight: int = Field(1024, ge=1, description="Events in flight before partitions pause.")
+    decode_workers: int = Field(0, ge=0, description="Decode processes (0 = CPU count).")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image.")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard.")
+    allowed_formats: list[str] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
+        description="Pillow formats accepted.",
+    )
+    fetch_timeout_s: float = Field(5.0, gt=0, description="Per-request timeout for image URLs.")
+    fetch_retries: int = Field(2, ge=0, description="Retries of transient fetch failures.")
+    fetch_allowed_hosts: list[str] = Field(
+        default_factory=list, description="When non-empty, only these hosts may be fetched."
+    )
+    fetch_allow_private: bool = Field(
+        False, description="Allow private/loopback addresses (local testing only)."
+    )
+    drain_timeout_s: float = Field(20.0, gt=0, description="SIGTERM drain deadline.")
+
+
+class HttpSettings(BaseModel):
+    host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP endpoints.")
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per log line.")
+
+
+class Settings(BaseSettings):
+    """All of moderator's settings, grouped as the environment variables are."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
+    policy: PolicySettings = Field(default_factory=PolicySettings)  # type: ignore[arg-type]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init carries the environ mapping and YAML data that `load_settings` resolved.
+        return (init_settings,)
+
+
+def _env_source(environ: Mapping[str, str]) -> dict[str, Any]:
+    source = EnvSettingsSource(
+        Settings,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        case_sensitive=False,
+    )
+    source.env_vars = {k.lower(): v for k, v in environ.items()}
+    return source()
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def known_env_vars() -> set[str]:
+    """Every `MODERATOR_*` name the settings understand."""
+    names = {CONFIG_FILE_VAR}
+    for group, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
+        for sub in model.model_fields:
+            names.add(f"{ENV_PREFIX}{group}{NESTED_DELIMITER}{sub}".upper())
+    return names
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
+    """`MODERATOR_*` variables that match no setting: usually a typo worth reporting at start."""
+    known = known_env_vars()
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    var = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper()
+    return f"{var}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Settings:
+    """Build the settings from an environment mapping (default `os.environ`) and a YAML file.
+
+    Raises ConfigError whose message names each bad variable and what it expects.
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = config_file or (Path(env[CONFIG_FILE_VAR]) if env.get(CONFIG_FILE_VAR) else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping of setting groups")
+        data = loaded
+    try:
+        data = _merge(data, _env_source(env))
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
+    except ValueError as exc:  # pydantic-settings raises this for unparsable JSON lists
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def iter_settings_rows() -> Iterator[tuple[str, str, str, str]]:
+    """(env var, type, default, description) for every setting, in declaration order."""
+    for group, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
+        defaults = model()
+        for name, sub in model.model_fields.items():
+            var = f"{ENV_PREFIX}{group}{NESTED_DELIMITER}{name}".upper()
+            type_name = _type_name(sub.annotation)
+            value = getattr(defaults, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            default = "" if value is None else _render(value)
+            yield var, type_name, default, sub.description or ""
+
+
+def _type_name(annotation: Any) -> str:
+    """A reader's name for a type: `integer`, `one of: a, b`, `path (optional)`."""
+    origin = get_origin(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if origin is Literal:
+        return "one of: " + ", ".join(str(a) for a in get_args(annotation))
+    if origin in (Union, UnionType):
+        inner = _type_name(args[0]) if len(args) == 1 else " or ".join(map(_type_name, args))
+        return f"{inner} (optional)"
+    if origin is list:
+        return f"list ({_type_name(args[0])}) as JSON"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}
+    if annotation is SecretStr:
+        return "secret string"
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated so docs and code cannot drift."""
+    rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for var, type_name, default, desc in iter_settings_rows():
+        cell = f"`{default}`" if default else ""
+        type_cell = type_name.replace("|", "\\|")
+        rows.append(f"| `{var}` | {type_cell} | {cell} | {desc} |")
+    return "\n".join(rows)

@@ -1,0 +1,66 @@
+"""Shapes shared along the data path, and the Protocols stages depend on instead of classes.
+
+Dependencies point one way (events → acquire → decode → batch → embed → score → publish);
+a later stage names an earlier one's data through these types, never its implementation.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+Embeddings = NDArray[np.float32]
+"""Rows are L2-normalized float32 embeddings, shape (n, dim)."""
+
+Pixels = NDArray[np.uint8]
+"""Model-ready images, uint8 NHWC (n, size, size, 3); normalization happens inside the graph."""
+
+
+class Decision(StrEnum):
+    """A verdict's outcome, strongest first when compared by `Decision.rank`."""
+
+    FLAG = "flag"
+    REVIEW = "review"
+    ALLOW = "allow"
+
+    @property
+    def rank(self) -> int:
+        return {"flag": 2, "review": 1, "allow": 0}[self.value]
+
+
+class Encoder(Protocol):
+    """What policy compilation and scoring need from a CLIP runtime."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the model; part of cache keys and policy versions."""
+        ...
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` needs including start/end markers (compare with context_length)."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> Embeddings:
+        """Raises TextTooLong rather than truncating."""
+        ...
+
+    def encode_pixels(self, pixels: Pixels) -> Embeddings: ...
+
+    def encode_images(self, images: list[bytes]) -> Embeddings:
+        """Decode + preprocess + embed; raises the typed DecodeError family per bad image."""
+        ...
