@@ -1,0 +1,122 @@
+"""The service's Prometheus metrics, on a registry of their own (one per service instance).
+
+Names use the `moderator_` prefix and base units (seconds, bytes). The Grafana dashboard and
+alert rules query exactly these names; a test checks them against this registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Latency buckets from 1 ms to 30 s: inference batches sit near the bottom, URL fetches and
+# end-to-end latency under lag near the top.
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """Every metric `serve` exports. Built once and passed to the stages that record."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "moderator_events_consumed", "Events read from the input topic.", ["topic"], registry=r
+        )
+        self.verdicts = Counter(
+            "moderator_verdicts",
+            "Verdicts published, by decision.",
+            ["decision", "surface"],
+            registry=r,
+        )
+        self.matches = Counter(
+            "moderator_concept_matches",
+            "Concept matches in published verdicts (shadow matches labelled mode=shadow).",
+            ["concept", "action", "mode", "surface"],
+            registry=r,
+        )
+        self.dlq = Counter(
+            "moderator_dlq_records",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "moderator_stage_duration_seconds",
+            "Time spent per pipeline stage (acquire, decode, queue, inference, score, publish).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "moderator_end_to_end_latency_seconds",
+            "From the event's Kafka timestamp to its verdict or DLQ record being acknowledged.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "moderator_batch_size",
+            "Images per inference batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "moderator_in_flight_events", "Events received and not yet answered.", registry=r
+        )
+        self.paused = Gauge(
+            "moderator_paused_partitions", "Partitions paused for backpressure.", registry=r
+        )
+        self.lag = Gauge(
+            "moderator_consumer_lag",
+            "Records between the consumer position and the partition end.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "moderator_cache_requests",
+            "Embedding cache lookups by kind (image, text) and result (hit, miss, error).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.cache_up = Gauge(
+            "moderator_cache_available", "1 when Redis answered the last command.", registry=r
+        )
+        self.reloads = Counter(
+            "moderator_policy_reloads",
+            "Policy (re)loads by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.policy_info = Info(
+            "moderator_policy", "The policy in force (name, version).", registry=r
+        )
+        self.policy_reload_failing = Gauge(
+            "moderator_policy_reload_failing",
+            "1 while the newest policy on disk fails to load and the last good one is in force.",
+            registry=r,
+        )
+        self.model_info = Info(
+            "moderator_model", "The loaded model (id, sha256, provider, precision).", registry=r
+        )
+        self.ready = Gauge("moderator_ready", "1 when /readyz answers ready.", registry=r)
+        self.commits = Counter(
+            "moderator_offset_commits",
+            "Offset commits by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
