@@ -33,10 +33,12 @@ class RedisEmbeddingCache:
         retry_after_s: float = 5.0,
         on_result: Callable[[str, str, int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prefix: str = _PREFIX,
     ) -> None:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._prefix = prefix
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
         self._clock = clock
@@ -69,7 +71,7 @@ class RedisEmbeddingCache:
             self._on_result(kind, "error", len(keys))
             return [None] * len(keys)
         try:
-            raw = await self._client.mget([f"{_PREFIX}:{namespace}:{k}" for k in keys])
+            raw = await self._client.mget([f"{self._prefix}:{namespace}:{k}" for k in keys])
         except (RedisError, OSError) as exc:
             self._failed(exc)
             self._on_result(kind, "error", len(keys))
@@ -94,7 +96,7 @@ class RedisEmbeddingCache:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, vector in items.items():
                     data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-                    pipe.set(f"{_PREFIX}:{namespace}:{key}", data, ex=ttl_s)
+                    pipe.set(f"{self._prefix}:{namespace}:{key}", data, ex=ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed(exc)
