@@ -1,0 +1,269 @@
+"""`moderator demo` (what `make demo` runs): the whole service on a laptop, in about a minute.
+
+Generates shape images, serves some of them from a local HTTP server, publishes them as events
+(inline JSON, URL JSON, a binary CloudEvent) together with a few broken events, runs the real
+service (in this process) against the local Kafka and Redis until every event is answered, then
+prints the verdicts and dead-letter records as tables and stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from moderator import kafka
+from moderator.demo.shapes import generate
+from moderator.errors import ConfigError
+from moderator.service import Service
+from moderator.settings import Settings
+from moderator.submit import Record, cloudevent_headers, json_event, publish_records
+
+
+@dataclass
+class _Planned:
+    """An event the demo sends and what it is, for the final table."""
+
+    id: str
+    what: str
+    record: Record
+    expect_dlq: str | None = None
+
+
+@dataclass
+class _Answers:
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dead: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class _ImageServer:
+    """Serves generated images on 127.0.0.1 so URL events have something real to fetch."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        files = self.files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> _ImageServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def plan_events(
+    base_url: str, inline: int, by_url: int, seed: int
+) -> tuple[list[_Planned], dict[str, bytes]]:
+    """The demo's events: good ones in every form, plus one broken event per DLQ reason."""
+    run = uuid.uuid4().hex[:6]
+    planned: list[_Planned] = []
+    served: dict[str, bytes] = {}
+    samples = list(generate(inline + by_url + 1, seed))
+    for i, sample in enumerate(samples[:inline]):
+        event_id = f"demo-{run}-inline-{i:02d}"
+        data = _jpeg(sample.image) if i % 3 == 0 else _png(sample.image)
+        record = (event_id, json_event(event_id, data=data, surface="upload"), [])
+        planned.append(_Planned(event_id, f"{sample.label} (inline)", record))
+    for i, sample in enumerate(samples[inline : inline + by_url]):
+        event_id = f"demo-{run}-url-{i:02d}"
+        path = f"/images/{i:02d}.png"
+        served[path] = _png(sample.image)
+        record = (event_id, json_event(event_id, url=base_url + path, surface="chat"), [])
+        planned.append(_Planned(event_id, f"{sample.label} (url)", record))
+    sample = samples[-1]
+    event_id = f"demo-{run}-cloudevent"
+    record = (event_id, _png(sample.image), cloudevent_headers(event_id, "image/png", "profile"))
+    planned.append(_Planned(event_id, f"{sample.label} (CloudEvent)", record))
+
+    def broken(name: str, value: bytes, reason: str, what: str) -> None:
+        planned.append(
+            _Planned(f"demo-{run}-{name}", what, (f"demo-{run}-{name}", value, []), reason)
+        )
+
+    broken("not-json", b"{this is not json", "invalid_event", "value is not JSON")
+    broken(
+        "bad-b64",
+        json.dumps({"id": f"demo-{run}-bad-b64", "image_b64": "@@@"}).encode(),
+        "invalid_event",
+        "image_b64 is not base64",
+    )
+    truncated = _png(samples[0].image)[:200]
+    broken(
+        "truncated",
+        json_event(f"demo-{run}-truncated", data=truncated),
+        "decode_error",
+        "truncated PNG",
+    )
+    broken(
+        "svg",
+        json_event(f"demo-{run}-svg", data=b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+        "unsupported_format",
+        "SVG posing as an image",
+    )
+    broken(
+        "missing",
+        json_event(f"demo-{run}-missing", url=base_url + "/no-such-image.png"),
+        "fetch_failed",
+        "URL answers 404",
+    )
+    broken(
+        "file-url",
+        json_event(f"demo-{run}-file-url", url="file:///etc/passwd"),
+        "fetch_blocked",
+        "file:// URL",
+    )
+    return planned, served
+
+
+async def _end_offsets(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
+    partitions = [
+        TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
+    ]
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        await consumer.position(tp)  # resolve now, before the demo publishes anything
+
+
+async def _collect(
+    consumer: AIOKafkaConsumer, settings: Settings, ids: set[str], answers: _Answers
+) -> None:
+    while not ids <= set(answers.verdicts) | set(answers.dead):
+        batches = await consumer.getmany(timeout_ms=200)
+        for tp, records in batches.items():
+            for record in records:
+                key = record.key.decode("utf-8", "replace") if record.key else ""
+                if tp.topic == settings.kafka.verdict_topic and key in ids:
+                    answers.verdicts[key] = json.loads(record.value or b"{}")
+                elif tp.topic == settings.kafka.dlq_topic and key in ids:
+                    answers.dead[key] = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+
+
+def _print_tables(planned: list[_Planned], answers: _Answers, out: TextIO) -> int:
+    problems = 0
+    out.write(
+        f"\n{'event':<30} {'image':<28} {'decision':<8} {'top concept':<24} score/threshold\n"
+    )
+    for item in planned:
+        verdict = answers.verdicts.get(item.id)
+        if verdict is None:
+            continue
+        best = (verdict.get("matches") or verdict.get("top") or [None])[0]
+        concept = best["id"] if best else "-"
+        figures = f"{best['score']:.3f}/{best['threshold']:.3f}" if best else ""
+        decision = verdict["decision"]
+        out.write(f"{item.id[-29:]:<30} {item.what:<28} {decision:<8} {concept:<24} {figures}\n")
+    out.write(f"\n{'dead letter':<30} {'sent':<28} {'reason':<20} detail\n")
+    for item in planned:
+        headers = answers.dead.get(item.id)
+        if headers is None:
+            continue
+        reason = headers.get("x-error-reason", "?")
+        mark = "" if reason == item.expect_dlq else f"  (expected {item.expect_dlq})"
+        problems += bool(mark)
+        detail = headers.get("x-error-detail", "")[:70]
+        out.write(f"{item.id[-29:]:<30} {item.what:<28} {reason:<20} {detail}{mark}\n")
+    for item in planned:
+        if item.expect_dlq and item.id in answers.verdicts:
+            problems += 1
+            out.write(f"unexpected verdict for {item.id}: expected DLQ {item.expect_dlq}\n")
+    return problems
+
+
+async def run_demo(
+    settings: Settings,
+    out: TextIO,
+    *,
+    inline: int = 24,
+    by_url: int = 8,
+    seed: int = 7,
+    timeout_s: float = 180.0,
+) -> int:
+    """Run the demo; returns a process exit code (0 when every event got its expected answer)."""
+    started = time.monotonic()
+    with _ImageServer() as server:
+        planned, served = plan_events(server.base, inline, by_url, seed)
+        server.files.update(served)
+        await kafka.ensure_topics(
+            settings.kafka,
+            [settings.kafka.input_topic, settings.kafka.verdict_topic, settings.kafka.dlq_topic],
+        )
+        watcher = kafka.make_consumer(settings.kafka, group_id=None, enable_auto_commit=False)
+        await watcher.start()
+        service = Service(settings)
+        service_task = asyncio.create_task(service.run(), name="service")
+        try:
+            await _end_offsets(watcher, [settings.kafka.verdict_topic, settings.kafka.dlq_topic])
+            out.write(
+                f"publishing {len(planned)} events to {settings.kafka.input_topic} "
+                f"({inline} inline, {by_url} by URL from {server.base}, 1 CloudEvent, "
+                f"{sum(p.expect_dlq is not None for p in planned)} broken)\n"
+            )
+            await publish_records(settings, [p.record for p in planned])
+            answers = _Answers()
+            collect = asyncio.create_task(
+                _collect(watcher, settings, {p.id for p in planned}, answers)
+            )
+            done, _ = await asyncio.wait(
+                [collect, service_task], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if collect not in done:
+                collect.cancel()
+                if service_task in done:
+                    raise ConfigError(f"the service stopped early (exit {service_task.result()})")
+                raise ConfigError(f"not every event was answered within {timeout_s:.0f} s")
+        finally:
+            service.stop()
+            code = await service_task
+            await watcher.stop()
+    problems = _print_tables(planned, answers, out)
+    elapsed = time.monotonic() - started
+    out.write(
+        f"\n{len(answers.verdicts)} verdicts and {len(answers.dead)} dead letters for "
+        f"{len(planned)} events in {elapsed:.1f} s (service exit {code}).\n"
+        "Kafka and Redis are still running: `make services-down` stops them.\n"
+    )
+    return 1 if problems or code else 0
