@@ -1,0 +1,149 @@
+"""The ONNX Runtime encoder on a tiny exported CLIP: shapes, normalization, errors, providers."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moderator.decode import decode_image
+from moderator.embed import ClipRuntime, load_model
+from moderator.embed.paths import DEMO_DIR, resolve_model_path
+from moderator.embed.providers import cuda_device_count
+from moderator.errors import DecodeError, ModelError, TextTooLong
+
+SIZE, DIM, CONTEXT = 32, 32, 16  # the tiny export's geometry
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model: Path) -> ClipRuntime:
+    return load_model(tiny_model, providers=("cpu",))
+
+
+def _png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="this machine has a GPU")
+def test_default_providers_fall_back_to_cpu_quietly(
+    tiny_model: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        runtime = load_model(tiny_model)  # asks for ("cuda", "cpu")
+    assert runtime.provider == "cpu"
+    assert runtime.info()["providers"] == ["CPUExecutionProvider"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # onnxruntime logs on stderr itself ("[E:onnxruntime:..."), outside Python logging.
+    err = capfd.readouterr().err
+    assert "[E:" not in err
+    assert "Error" not in err
+
+
+def test_encode_pixels_gives_unit_float32_rows(runtime: ClipRuntime) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    out = runtime.encode_pixels(pixels)
+    assert out.shape == (5, DIM)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # batch composition does not change a row
+    np.testing.assert_allclose(runtime.encode_pixels(pixels[2:3])[0], out[2], atol=1e-5)
+
+
+def test_encode_pixels_refuses_wrong_arrays(runtime: ClipRuntime) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        runtime.encode_pixels(np.zeros((1, SIZE, SIZE, 3), np.float32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"shape \(n, 32, 32, 3\)"):
+        runtime.encode_pixels(np.zeros((1, 3, SIZE, SIZE), np.uint8))
+    assert runtime.encode_pixels(np.zeros((0, SIZE, SIZE, 3), np.uint8)).shape == (0, DIM)
+
+
+def test_encode_texts(runtime: ClipRuntime) -> None:
+    out = runtime.encode_texts(["a photo of a cat", "a red circle", ""])
+    assert out.shape == (3, DIM)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert runtime.encode_texts([]).shape == (0, DIM)
+
+
+def test_too_long_text_raises_and_is_never_truncated(runtime: ClipRuntime) -> None:
+    fits = " ".join(["cat"] * (CONTEXT - 2))
+    assert runtime.count_tokens(fits) == CONTEXT
+    assert runtime.encode_texts([fits]).shape == (1, DIM)
+    with pytest.raises(TextTooLong) as info:
+        runtime.encode_texts(["a cat", fits + " dog"])
+    assert (info.value.tokens, info.value.limit) == (CONTEXT + 1, CONTEXT)
+
+
+def test_encode_images_decodes_like_the_pipeline(runtime: ClipRuntime) -> None:
+    images = [_png(48, 40, (200, 30, 30)), _png(32, 64, (10, 120, 250))]
+    out = runtime.encode_images(images)
+    pixels = np.stack([decode_image(b, runtime.preprocess) for b in images])
+    np.testing.assert_allclose(out, runtime.encode_pixels(pixels), atol=1e-6)
+    assert runtime.encode_images([]).shape == (0, DIM)
+    with pytest.raises(DecodeError):
+        runtime.encode_images([images[0], b"not an image"])
+
+
+def test_encoder_properties_and_info(runtime: ClipRuntime, tiny_model: Path) -> None:
+    assert runtime.image_size == SIZE
+    assert runtime.context_length == CONTEXT
+    assert runtime.logit_scale > 0
+    assert len(runtime.sha256) == 64
+    info = runtime.info()
+    assert info["provider"] == "cpu"
+    assert info["precision"] == "fp32"
+    assert info["sha256"] == runtime.sha256
+    assert info["model_id"] == runtime.model_id
+    assert info["device_id"] is None
+    assert info["path"] == str(tiny_model)
+
+
+def test_io_binding_path_gives_the_plain_run_results(
+    runtime: ClipRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU path (IO binding) exercised on CPU memory: same API calls, same numbers."""
+    pixels = np.random.default_rng(2).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    texts = ["a photo of a cat", "a red circle"]
+    plain_images, plain_texts = runtime.encode_pixels(pixels), runtime.encode_texts(texts)
+    monkeypatch.setattr(runtime, "_bind_device", "cpu")
+    np.testing.assert_allclose(runtime.encode_pixels(pixels), plain_images, atol=1e-6)
+    np.testing.assert_allclose(runtime.encode_texts(texts), plain_texts, atol=1e-6)
+
+
+def test_concurrent_callers_get_the_same_answers(runtime: ClipRuntime) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = runtime.encode_pixels(pixels)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: runtime.encode_pixels(pixels), range(8)))
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_modified_file_is_refused_at_load(tiny_model: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    path = copy / "tokenizer.json"
+    path.write_text(path.read_text() + "\n")  # still a valid tokenizer, different bytes
+    with pytest.raises(ModelError, match=r"tokenizer\.json .* does not match its manifest hash"):
+        load_model(copy, providers=("cpu",))
+    assert load_model(copy, providers=("cpu",), verify=False).provider == "cpu"
+
+
+def test_resolve_model_path(tmp_path: Path, tiny_model: Path) -> None:
+    assert resolve_model_path(str(tiny_model)) == tiny_model
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model_path(tmp_path / "missing")
+    with pytest.raises(ModelError, match="not an exported model"):
+        resolve_model_path(tmp_path)
+    if (DEMO_DIR / "manifest.json").is_file():
+        assert resolve_model_path("demo") == DEMO_DIR
+    else:
+        with pytest.raises(ModelError, match="demo model is not installed"):
+            resolve_model_path("demo")
