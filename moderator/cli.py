@@ -90,6 +90,9 @@ def export(
     optimize: Annotated[
         bool, typer.Option(help="Fuse attention/layer-norm with the ORT transformers optimizer.")
     ] = True,
+    name: Annotated[
+        str | None, typer.Option(help="Model id to record (default: the hub id or dir name).")
+    ] = None,
 ) -> None:
     """Export a CLIP checkpoint to ONNX (needs the `export` extra: torch + transformers)."""
     if precision not in ("fp32", "fp16"):
@@ -103,7 +106,14 @@ def export(
             )
         ) from exc
     try:
-        export_clip(model, out, precision=precision, opset=opset, optimize=optimize)  # type: ignore[arg-type]
+        export_clip(
+            model,
+            out,
+            precision=precision,  # type: ignore[arg-type]  # checked above
+            opset=opset,
+            optimize=optimize,
+            name=name,
+        )
     except ModeratorError as exc:
         raise _fail(exc) from exc
     typer.echo(f"exported {model} to {out}")
@@ -133,10 +143,13 @@ def score(
     from moderator.offline import score_files
 
     try:
-        for verdict in asyncio.run(score_files(images, model=model, policy=policy)):
-            typer.echo(json.dumps(verdict))
+        verdicts = asyncio.run(score_files(images, model=model, policy=policy))
     except ModeratorError as exc:
         raise _fail(exc) from exc
+    for verdict in verdicts:
+        typer.echo(json.dumps(verdict))
+    if any("error" in v for v in verdicts):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -183,6 +196,29 @@ def tail(
         raise _fail(exc) from exc
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    inline: Annotated[int, typer.Option(help="Inline images to send.")] = 24,
+    by_url: Annotated[int, typer.Option(help="Images to send by URL.")] = 8,
+) -> None:
+    """Run the service on generated shapes against local Kafka/Redis (what `make demo` runs)."""
+    from moderator.demo.run import run_demo
+    from moderator.log import configure
+    from moderator.settings import load_settings
+
+    try:
+        loaded = load_settings(config_file=config)
+        # The demo's images come from a server on 127.0.0.1, which the SSRF guard refuses
+        # by default; allowing private addresses is for this local demo only.
+        loaded.pipeline.fetch_allow_private = True
+        configure("WARNING", loaded.log.json_format)
+        code = asyncio.run(run_demo(loaded, sys.stdout, inline=inline, by_url=by_url))
+    except ModeratorError as exc:
+        raise _fail(exc) from exc
+    raise typer.Exit(code)
 
 
 def main() -> None:

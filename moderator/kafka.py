@@ -10,7 +10,7 @@ import contextlib
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -90,3 +90,15 @@ async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]
         raise ConfigError(f"could not create topics {topics}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, from fresh metadata (for readers that assign by hand)."""
+    producer = AIOKafkaProducer(**_common(settings))
+    await producer.start()
+    try:
+        return [
+            TopicPartition(t, p) for t in topics for p in sorted(await producer.partitions_for(t))
+        ]
+    finally:
+        await producer.stop()

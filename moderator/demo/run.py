@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from moderator import kafka
 from moderator.demo.shapes import generate
@@ -158,10 +158,8 @@ def plan_events(
     return planned, served
 
 
-async def _end_offsets(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
-    partitions = [
-        TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
-    ]
+async def _end_offsets(consumer: AIOKafkaConsumer, settings: Settings, topics: list[str]) -> None:
+    partitions = await kafka.topic_partitions(settings.kafka, topics)
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     for tp in partitions:
@@ -236,7 +234,9 @@ async def run_demo(
         service = Service(settings)
         service_task = asyncio.create_task(service.run(), name="service")
         try:
-            await _end_offsets(watcher, [settings.kafka.verdict_topic, settings.kafka.dlq_topic])
+            await _end_offsets(
+                watcher, settings, [settings.kafka.verdict_topic, settings.kafka.dlq_topic]
+            )
             out.write(
                 f"publishing {len(planned)} events to {settings.kafka.input_topic} "
                 f"({inline} inline, {by_url} by URL from {server.base}, 1 CloudEvent, "

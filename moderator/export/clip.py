@@ -148,7 +148,7 @@ def _load(model: str, progress: Progress) -> _Checkpoint:
 
     local = Path(model).expanduser()
     if local.is_dir():
-        directory, source = local, Source(id=str(local.resolve()), revision=None)
+        directory, source = local, Source(id=str(local), revision=None)
         model_id = local.resolve().name
     elif local.exists():
         raise ModelError(f"{model} is a file; give a checkpoint directory or a hub id")

@@ -1,0 +1,514 @@
+"""`moderator serve`: events in from Kafka, verdicts out, at-least-once.
+
+Per record: parse → acquire (inline or URL) → image sha256 → cached embedding, or decode (process
+pool) → batch → embed (one inference thread per device) → score with the policy in force →
+publish verdict (or DLQ record) and await its ack → mark the offset finished. A commit loop
+commits each partition's contiguous finished prefix (see `offsets.py`, `publish.py` and
+docs/delivery.md). The event loop only routes: decode, inference and fetch waits run elsewhere,
+so heartbeats and rebalances keep going under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import signal
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from moderator import kafka
+from moderator.acquire import Fetcher, FetchPolicy
+from moderator.batch import Batcher
+from moderator.cache import RedisEmbeddingCache
+from moderator.decode import PreprocessSpec, decode_image
+from moderator.embed import ClipRuntime, load_model
+from moderator.errors import ModeratorError
+from moderator.events import ImageEvent, parse_event
+from moderator.http import HealthServer
+from moderator.log import configure, get
+from moderator.metrics import Metrics
+from moderator.offsets import OffsetTracker
+from moderator.policy.reload import PolicyReloader
+from moderator.publish import Publisher, dlq_headers, verdict_headers
+from moderator.settings import Settings, load_settings, unknown_env_vars
+from moderator.verdict import build_verdict
+
+log = get("service")
+_COMMIT_INTERVAL_S = 1.0  # bounds re-delivery after a crash to about a second of work
+_LAG_INTERVAL_S = 5.0
+_TP = tuple[str, int]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._service.partitions_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._service.partitions_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
+class Service:
+    """One consumer-group member. `run()` returns the process exit code."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.tracker = OffsetTracker()
+        self._tasks: dict[_TP, set[asyncio.Task[None]]] = defaultdict(set)
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._joined = False
+        self._paused = False
+        self._last_poll = time.monotonic()
+        self._runtimes: list[ClipRuntime] = []
+        self._cache: RedisEmbeddingCache | None = None
+        self._reloader: PolicyReloader | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._publisher: Publisher | None = None
+        self._fetcher: Fetcher | None = None
+        self._batcher: Batcher | None = None
+        self._decode_pool: ProcessPoolExecutor | None = None
+        self._spec: PreprocessSpec | None = None
+        self.http: HealthServer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful drain (SIGTERM/SIGINT)."""
+        if not self._stopping.is_set():
+            log.info("stopping: draining in-flight events")
+            self._stopping.set()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if not self._runtimes:
+            reasons.append("model not loaded")
+        if self._reloader is None or not self._reloader.loaded:
+            reasons.append("policy not compiled")
+        if not self._joined:
+            reasons.append("consumer has not joined the group")
+        if self._stopping.is_set():
+            reasons.append("draining")
+        return not reasons, reasons
+
+    def liveness(self) -> tuple[bool, str]:
+        # The answer itself proves the loop runs; a consumer loop stuck for minutes does not.
+        idle = time.monotonic() - self._last_poll
+        limit = max(60.0, self.settings.kafka.session_timeout_ms / 1000)
+        if self._consumer is not None and idle > limit:
+            return False, f"consumer loop has not polled for {idle:.0f} s"
+        return True, "ok"
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        s = self.settings
+        self.http = HealthServer(self.metrics, self.readiness, self.liveness)
+        await self.http.start(s.http.host, s.http.port)
+        try:
+            await self._start()
+            await self._consume()
+            await self._drain()
+        finally:
+            await self._close()
+        if self._fatal is not None:
+            log.error("stopped on a fatal error", exc_info=self._fatal)
+            return 1
+        log.info("stopped cleanly")
+        return 0
+
+    async def _start(self) -> None:
+        s = self.settings
+        await self._load_models()
+        primary = self._runtimes[0]
+        self._spec = PreprocessSpec(
+            image_size=primary.image_size,
+            resize_shortest_edge=primary.manifest.resize_shortest_edge,
+            max_bytes=s.pipeline.max_image_bytes,
+            max_pixels=s.pipeline.max_image_pixels,
+            allowed_formats=frozenset(f.upper() for f in s.pipeline.allowed_formats),
+        )
+        if s.redis.enabled:
+            self._cache = RedisEmbeddingCache(
+                s.redis.url.get_secret_value(),
+                timeout_s=s.redis.timeout_s,
+                on_result=self._cache_result,
+            )
+            await self._cache.ping()
+        self._reloader = PolicyReloader(
+            s.policy.path,
+            primary,
+            cache=self._cache,
+            interval_s=s.policy.reload_interval_s,
+            text_ttl_s=s.redis.text_ttl_s,
+            on_result=self._policy_result,
+        )
+        await self._reloader.start()
+        workers = s.pipeline.decode_workers or os.cpu_count() or 1
+        # forkserver: forking a process that already runs ORT and aiokafka threads is unsafe.
+        self._decode_pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+        self._fetcher = Fetcher(FetchPolicy.from_settings(s.pipeline))
+        self._batcher = Batcher(
+            [rt.encode_pixels for rt in self._runtimes],
+            max_batch=s.pipeline.max_batch,
+            max_wait_s=s.pipeline.max_wait_ms / 1000,
+            on_batch=self._batch_done,
+        )
+        self._batcher.start()
+        topics = [s.kafka.input_topic, s.kafka.verdict_topic, s.kafka.dlq_topic]
+        if s.kafka.embeddings_topic:
+            topics.append(s.kafka.embeddings_topic)
+        if s.kafka.create_topics:
+            await kafka.ensure_topics(s.kafka, topics)
+        producer = kafka.make_producer(s.kafka)
+        await producer.start()
+        self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic)
+        self._producer = producer
+        self._consumer = kafka.make_consumer(s.kafka)
+        self._consumer.subscribe([s.kafka.input_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "input": s.kafka.input_topic,
+                    "group": s.kafka.group_id,
+                    "model": primary.model_id,
+                    "provider": primary.provider,
+                    "policy": self._reloader.current.version,
+                }
+            },
+        )
+
+    async def _load_models(self) -> None:
+        s = self.settings.model
+        first = await asyncio.to_thread(
+            load_model,
+            s.path,
+            providers=s.providers,
+            device_id=s.device_ids[0],
+            intra_op_threads=s.intra_op_threads,
+            verify=s.verify_hashes,
+        )
+        self._runtimes.append(first)
+        info = first.info()
+        # More than one runtime only pays when each has its own GPU.
+        if first.provider != "cpu":
+            for device in s.device_ids[1:]:
+                self._runtimes.append(
+                    await asyncio.to_thread(
+                        load_model, s.path, providers=s.providers, device_id=device, verify=False
+                    )
+                )
+        self.metrics.model_info.info({k: str(v) for k, v in info.items()})
+
+    async def _close(self) -> None:
+        for closer in (
+            self._consumer.stop() if self._consumer else None,
+            self._producer.stop() if getattr(self, "_producer", None) else None,
+            self._batcher.stop() if self._batcher else None,
+            self._reloader.stop() if self._reloader else None,
+            self._fetcher.aclose() if self._fetcher else None,
+            self._cache.aclose() if self._cache else None,
+            self.http.stop() if self.http else None,
+        ):
+            if closer is None:
+                continue
+            try:
+                await closer
+            except Exception:  # closing must go on for the rest
+                log.exception("error while closing")
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        s = self.settings
+        next_commit = time.monotonic() + _COMMIT_INTERVAL_S
+        next_lag = time.monotonic()
+        while not self._stopping.is_set():
+            self._last_poll = time.monotonic()
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=100, max_records=s.kafka.max_poll_records
+                )
+            except KafkaError as exc:
+                log.warning("poll failed; retrying", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    self._accept(tp, record)
+            self._backpressure()
+            now = time.monotonic()
+            if now >= next_commit:
+                await self._commit()
+                next_commit = now + _COMMIT_INTERVAL_S
+            if now >= next_lag:
+                self._record_lag()
+                next_lag = now + _LAG_INTERVAL_S
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        key = (tp.topic, tp.partition)
+        self.tracker.received(tp.topic, tp.partition, record.offset)
+        self.metrics.events.labels(tp.topic).inc()
+        task = asyncio.create_task(
+            self._handle(record), name=f"event-{tp.partition}-{record.offset}"
+        )
+        tasks = self._tasks[key]
+        tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(key, t))
+        self.metrics.in_flight.set(self.tracker.in_flight())
+
+    def _task_done(self, key: _TP, task: asyncio.Task[None]) -> None:
+        self._tasks[key].discard(task)
+        self.metrics.in_flight.set(self.tracker.in_flight())
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._fatal is None:
+            # Not the event's fault (Kafka unreachable past retries, inference broken):
+            # stop without committing it, so a restart processes it again.
+            self._fatal = exc
+            log.error("fatal error; stopping", exc_info=exc)
+            self.stop()
+
+    def _backpressure(self) -> None:
+        assert self._consumer is not None
+        limit = self.settings.pipeline.max_in_flight
+        in_flight = self.tracker.in_flight()
+        assigned = self._consumer.assignment()
+        if not self._paused and in_flight >= limit and assigned:
+            self._consumer.pause(*assigned)
+            self._paused = True
+            self.metrics.paused.set(len(assigned))
+        elif self._paused and in_flight <= limit // 2:
+            self._consumer.resume(*assigned)
+            self._paused = False
+            self.metrics.paused.set(0)
+
+    async def _commit(self, only: set[_TP] | None = None) -> None:
+        assert self._consumer is not None
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        scope = assigned if only is None else only
+        offsets = self.tracker.committable(scope)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance or broker blip: the work stays uncommitted and is re-delivered.
+            self.metrics.commits.labels("failed").inc()
+            log.warning("offset commit failed", extra={"fields": {"error": str(exc)}})
+            return
+        self.tracker.mark_committed(offsets)
+        self.metrics.commits.labels("ok").inc()
+
+    def _record_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            done = self.tracker.committed_point(tp.topic, tp.partition)
+            lag = end - done if done is not None else end
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+    async def partitions_revoked(self, revoked: set[_TP]) -> None:
+        """Commit what finished, abandon the rest: the next owner re-processes it."""
+        if self._consumer is not None and revoked:
+            await self._commit(revoked)
+        for key in revoked:
+            for task in list(self._tasks.pop(key, ())):
+                task.cancel()
+            # A revoked partition's lag is its next owner's to report.
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(key[0], str(key[1]))
+        self.tracker.forget(revoked)
+        self._paused = False
+        log.info("partitions revoked", extra={"fields": {"partitions": sorted(revoked)}})
+
+    def partitions_assigned(self, assigned: set[_TP]) -> None:
+        self._joined = True
+        log.info("partitions assigned", extra={"fields": {"partitions": sorted(assigned)}})
+
+    async def _drain(self) -> None:
+        """Let in-flight events finish within the deadline, then commit what finished."""
+        deadline = self.settings.pipeline.drain_timeout_s
+        pending = [t for tasks in self._tasks.values() for t in tasks]
+        if pending and self._fatal is None:
+            _done, left = await asyncio.wait(pending, timeout=deadline)
+            if left:
+                log.warning(
+                    "drain deadline passed; abandoning events",
+                    extra={"fields": {"abandoned": len(left)}},
+                )
+                for task in left:
+                    task.cancel()
+        if self._consumer is not None and self._fatal is None:
+            await self._commit()
+
+    # -- one event -------------------------------------------------------------------------
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        assert self._publisher is not None
+        assert self._reloader is not None
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        attempts = 1
+        try:
+            event = parse_event(
+                record.value, record.headers, max_bytes=self.settings.pipeline.max_image_bytes
+            )
+            data, attempts = await self._acquire(event, timings)
+            image_sha = hashlib.sha256(data).hexdigest()
+            embedding, cached = await self._embed(data, image_sha, timings)
+            t = time.monotonic()
+            policy = self._reloader.current
+            outcome = policy.score(embedding[None, :], [event.surface])[0]
+            timings["score"] = time.monotonic() - t
+            timings["total"] = time.monotonic() - started
+            runtime = self._runtimes[0]
+            verdict = build_verdict(
+                event, outcome, policy, runtime, image_sha=image_sha, timings=timings, cached=cached
+            )
+            t = time.monotonic()
+            await self._publisher.verdict(
+                event.id, verdict, verdict_headers(policy.version, runtime.sha256)
+            )
+            if self.settings.kafka.embeddings_topic:
+                await self._publisher.embedding(
+                    self.settings.kafka.embeddings_topic,
+                    event.id,
+                    {
+                        "id": event.id,
+                        "image_sha256": image_sha,
+                        "model_sha256": runtime.sha256,
+                        "embedding": [round(float(x), 6) for x in embedding],
+                    },
+                )
+            self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
+            self._count_verdict(verdict, event)
+        except ModeratorError as exc:
+            attempts = int(getattr(exc, "attempts", attempts))
+            await self._publisher.dead_letter(
+                record.key,
+                record.value,
+                dlq_headers(
+                    record.headers,
+                    reason=exc.reason,
+                    detail=str(exc),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    attempts=attempts,
+                ),
+            )
+            self.metrics.dlq.labels(exc.reason.value).inc()
+            log.info(
+                "dead-lettered",
+                extra={
+                    "fields": {
+                        "reason": exc.reason.value,
+                        "detail": str(exc)[:200],
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    }
+                },
+            )
+        self.tracker.finished(record.topic, record.partition, record.offset)
+        if record.timestamp and record.timestamp > 0:
+            self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    async def _acquire(self, event: ImageEvent, timings: dict[str, float]) -> tuple[bytes, int]:
+        if event.image_bytes is not None:
+            return event.image_bytes, 1
+        assert self._fetcher is not None
+        assert event.image_url is not None
+        t = time.monotonic()
+        fetched = await self._fetcher.fetch(event.image_url)
+        timings["acquire"] = time.monotonic() - t
+        self.metrics.stage_seconds.labels("acquire").observe(timings["acquire"])
+        return fetched.data, fetched.attempts
+
+    async def _embed(
+        self, data: bytes, image_sha: str, timings: dict[str, float]
+    ) -> tuple[np.ndarray, bool]:
+        assert self._batcher is not None
+        assert self._spec is not None
+        runtime = self._runtimes[0]
+        namespace = f"img:{runtime.sha256}"
+        if self._cache is not None:
+            hit = (await self._cache.get_many(namespace, [image_sha]))[0]
+            if hit is not None and hit.shape == (runtime.embed_dim,):
+                return hit, True
+        t = time.monotonic()
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._decode_pool, decode_image, data, self._spec)
+        timings["decode"] = time.monotonic() - t
+        self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
+        embedded = await self._batcher.embed(pixels)
+        timings["queue"] = embedded.queued_s
+        timings["inference"] = embedded.inference_s
+        if self._cache is not None:
+            await self._cache.set_many(
+                namespace, {image_sha: embedded.embedding}, self.settings.redis.image_ttl_s
+            )
+        return embedded.embedding, False
+
+    # -- metrics hooks ---------------------------------------------------------------------
+
+    def _count_verdict(self, verdict: dict[str, Any], event: ImageEvent) -> None:
+        surface = event.surface or "none"
+        self.metrics.verdicts.labels(verdict["decision"], surface).inc()
+        for match in verdict["matches"]:
+            self.metrics.matches.labels(match["id"], match["action"], "enforce", surface).inc()
+        for match in verdict["shadow"]:
+            self.metrics.matches.labels(match["id"], match["action"], "shadow", surface).inc()
+
+    def _cache_result(self, kind: str, result: str, count: int) -> None:
+        self.metrics.cache.labels(kind, result).inc(count)
+        self.metrics.cache_up.set(0 if result == "error" else 1)
+
+    def _batch_done(self, size: int, queued_s: float, inference_s: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.stage_seconds.labels("queue").observe(queued_s)
+        self.metrics.stage_seconds.labels("inference").observe(inference_s)
+
+    def _policy_result(
+        self, ok: bool, name: str | None, version: str | None, error: str | None
+    ) -> None:
+        self.metrics.reloads.labels("ok" if ok else "failed").inc()
+        self.metrics.policy_reload_failing.set(0 if ok else 1)
+        if ok and version:
+            self.metrics.policy_info.info({"name": name or "", "version": version})
+
+
+def run_service(config_file: Path | None = None, environ: dict[str, str] | None = None) -> int:
+    """Entry point of `moderator serve`: settings, logging, then the event loop."""
+    env = dict(os.environ if environ is None else environ)
+    settings = load_settings(env, config_file)
+    configure(settings.log.level, settings.log.json_format)
+    for name in unknown_env_vars(env):
+        log.warning("unknown setting ignored", extra={"fields": {"variable": name}})
+    return asyncio.run(Service(settings).run())

@@ -1,0 +1,289 @@
+"""`moderator serve` end to end against the real Kafka broker and Redis, with the demo model.
+
+Every test publishes events with unique ids and reads the verdict and dead-letter topics back:
+each id must be answered (verdict or DLQ record), with the decision the demo policy implies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from moderator.demo.shapes import generate
+from moderator.service import Service
+from moderator.kafka import topic_partitions
+from moderator.settings import KafkaSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+Answers = dict[str, list[dict[str, Any]]]
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _env(kafka: str, redis_url: str, topics: dict[str, str], group: str) -> dict[str, str]:
+    return {
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": kafka,
+        "MODERATOR_KAFKA__GROUP_ID": group,
+        "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
+        "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
+        "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
+        "MODERATOR_KAFKA__CREATE_TOPICS": "false",
+        "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": "10000",
+        "MODERATOR_REDIS__URL": redis_url,
+        "MODERATOR_MODEL__PATH": "demo",
+        "MODERATOR_MODEL__PROVIDERS": '["cpu"]',
+        "MODERATOR_POLICY__PATH": str(ROOT / "policies" / "demo.yaml"),
+        "MODERATOR_PIPELINE__DECODE_WORKERS": "1",
+        "MODERATOR_PIPELINE__MAX_WAIT_MS": "5",
+        "MODERATOR_HTTP__HOST": "127.0.0.1",
+        "MODERATOR_HTTP__PORT": "0",
+    }
+
+
+@pytest.fixture
+async def topics(topic_factory: Callable[..., Any]) -> dict[str, str]:
+    return {
+        "input": await topic_factory(3, label="in"),
+        "verdicts": await topic_factory(3, label="verdicts"),
+        "dlq": await topic_factory(1, label="dlq"),
+    }
+
+
+def _events(n: int, seed: int, size: int = 96) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """n shape images as JSON events; returns records and id → label."""
+    run = uuid.uuid4().hex[:8]
+    records, labels = [], {}
+    for i, sample in enumerate(generate(n, seed, size=size)):
+        event_id = f"{run}-{i}"
+        body = {
+            "id": event_id,
+            "image_b64": base64.b64encode(_png(sample.image)).decode(),
+            # The demo policy's white-star concept applies to profile photos (and to events
+            # with no surface), so "upload" keeps the expected decisions per shape simple.
+            "surface": "upload",
+        }
+        records.append((event_id, json.dumps(body).encode()))
+        labels[event_id] = sample.label
+    return records, labels
+
+
+async def _produce(kafka: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        sends = [await producer.send(topic, value, key=key.encode()) for key, value in records]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+async def _collect(
+    kafka: str, topics: dict[str, str], ids: set[str], timeout_s: float
+) -> tuple[Answers, Answers]:
+    """Read verdicts and DLQ records from the start until every id is answered (or timeout)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+    await consumer.start()
+    verdicts: Answers = {}
+    dead: Answers = {}
+    try:
+        parts = await topic_partitions(
+            KafkaSettings(bootstrap_servers=kafka), [topics["verdicts"], topics["dlq"]]
+        )
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not ids <= set(verdicts) | set(dead) and loop.time() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=300)).items():
+                for r in records:
+                    key = (r.key or b"").decode()
+                    if tp.topic == topics["verdicts"]:
+                        verdicts.setdefault(key, []).append(json.loads(r.value or b"{}"))
+                    else:
+                        headers = {k: v.decode() for k, v in r.headers}
+                        dead.setdefault(key, []).append(headers)
+    finally:
+        await consumer.stop()
+    return verdicts, dead
+
+
+async def _committed(kafka: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {
+            p: (await consumer.committed(TopicPartition(topic, p))) or 0 for p in range(partitions)
+        }
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def running(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str]
+) -> AsyncIterator[tuple[Settings, Service, asyncio.Task[int]]]:
+    group = f"moderator-test-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(_env(kafka_bootstrap, redis_url, topics, group))
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    yield settings, service, task
+    service.stop()
+    await asyncio.wait_for(task, 60)
+
+
+async def test_every_event_is_answered_with_the_policy_decision(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    running: tuple[Settings, Service, asyncio.Task[int]],
+) -> None:
+    settings, service, task = running
+    records, labels = _events(48, seed=11)
+    broken = {
+        f"bad-json-{uuid.uuid4().hex[:6]}": (b"{nope", "invalid_event"),
+        f"svg-{uuid.uuid4().hex[:6]}": (None, "unsupported_format"),
+        f"blocked-{uuid.uuid4().hex[:6]}": (None, "fetch_blocked"),
+    }
+    for key, (value, reason) in broken.items():
+        if reason == "unsupported_format":
+            value = json.dumps(
+                {"id": key, "image_b64": base64.b64encode(b"<svg></svg>").decode()}
+            ).encode()
+        elif reason == "fetch_blocked":
+            value = json.dumps({"id": key, "image_url": "http://169.254.169.254/x.png"}).encode()
+        assert value is not None
+        records.append((key, value))
+    await _produce(kafka_bootstrap, topics["input"], records)
+    verdicts, dead = await _collect(kafka_bootstrap, topics, {k for k, _ in records}, 120)
+
+    answered = set(verdicts) | set(dead)
+    assert answered == {k for k, _ in records}, "every event gets a verdict or a DLQ record"
+    for key, (_, reason) in broken.items():
+        assert dead[key][0]["x-error-reason"] == reason
+        assert dead[key][0]["x-original-topic"] == topics["input"]
+    for key, label in labels.items():
+        decision = verdicts[key][0]["decision"]
+        if label == "red star":
+            assert decision == "flag", (key, verdicts[key][0])
+        elif label == "blue circle":
+            assert decision == "review", (key, verdicts[key][0])
+        else:
+            assert decision == "allow", (label, verdicts[key][0])
+    sample = next(iter(verdicts.values()))[0]
+    assert sample["model"]["id"] == "demo-shapes"
+    assert len(sample["image"]["sha256"]) == 64
+
+    # Drain: everything answered gets committed, and the service exits 0.
+    service.stop()
+    assert await asyncio.wait_for(task, 60) == 0
+    committed = await _committed(kafka_bootstrap, settings.kafka.group_id, topics["input"], 3)
+    assert sum(committed.values()) == len(records)
+
+
+def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "moderator", "serve"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+
+
+async def test_sigkill_mid_stream_loses_nothing(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    group = f"moderator-kill-{uuid.uuid4().hex[:8]}"
+    env = _env(kafka_bootstrap, redis_url, topics, group)
+    # Enough events that the kill lands mid-stream even on a fast machine.
+    records, labels = _events(600, seed=5, size=64)
+    await _produce(kafka_bootstrap, topics["input"], records)
+    ids = set(labels)
+
+    log = tmp_path / "serve.log"
+    first = _serve(env, log)
+    try:
+        # Kill once some, not all, verdicts are out.
+        partial, _ = await _collect(kafka_bootstrap, topics, ids, 0.5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while len(partial) < 20 and loop.time() < deadline:
+            partial, _ = await _collect(kafka_bootstrap, topics, ids, 0.5)
+        assert 0 < len(partial) < len(ids), f"kill point missed: {len(partial)} answered"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = _serve(env, log)
+    try:
+        verdicts, dead = await _collect(kafka_bootstrap, topics, ids, 150)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0, log.read_text()[-3000:]
+    assert not dead
+    lost = ids - set(verdicts)
+    assert not lost, f"{len(lost)} events lost"
+    duplicated = {k: v for k, v in verdicts.items() if len(v) > 1}
+    for copies in duplicated.values():
+        assert len({c["decision"] for c in copies}) == 1, "duplicates carry the same decision"
+    print(
+        f"kill test: {len(ids)} events, killed after {len(partial)} verdicts, "
+        f"lost 0, duplicated {len(duplicated)} "
+        f"({sum(len(v) for v in verdicts.values()) - len(ids)} extra copies)"
+    )
+
+
+def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return subprocess.Popen(
+        ["redis-server", *args, "--dir", str(directory)], stdout=subprocess.DEVNULL
+    )
+
+
+async def test_service_keeps_going_when_redis_dies(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    # A Redis of this test's own, so stopping it disturbs nobody else.
+    port = 16000 + os.getpid() % 2000
+    redis_proc = _start_redis(port, tmp_path)
+    try:
+        await asyncio.sleep(0.5)
+        group = f"moderator-redis-{uuid.uuid4().hex[:8]}"
+        settings = load_settings(
+            _env(kafka_bootstrap, f"redis://127.0.0.1:{port}/0", topics, group)
+        )
+        service = Service(settings)
+        task = asyncio.create_task(service.run())
+        first, labels1 = _events(12, seed=21)
+        await _produce(kafka_bootstrap, topics["input"], first)
+        verdicts, _ = await _collect(kafka_bootstrap, topics, set(labels1), 60)
+        assert set(labels1) <= set(verdicts)
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        second, labels2 = _events(12, seed=22)
+        await _produce(kafka_bootstrap, topics["input"], second)
+        verdicts, _ = await _collect(kafka_bootstrap, topics, set(labels2), 60)
+        assert set(labels2) <= set(verdicts), "verdicts keep coming without Redis"
+        assert service.metrics.cache_up._value.get() == 0
+        service.stop()
+        assert await asyncio.wait_for(task, 60) == 0
+    finally:
+        if redis_proc.poll() is None:
+            redis_proc.kill()

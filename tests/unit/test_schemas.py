@@ -1,0 +1,13 @@
+from pathlib import Path
+
+from moderator.schemas import render, schemas
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "deploy" / "schemas"
+
+
+def test_committed_schemas_match_the_code() -> None:
+    for name, schema in schemas().items():
+        committed = (SCHEMAS / name).read_text(encoding="utf-8")
+        assert committed == render(schema), (
+            f"deploy/schemas/{name} is stale: run `python -m moderator.schemas deploy/schemas`"
+        )
