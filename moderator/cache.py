@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -79,7 +80,9 @@ class RedisEmbeddingCache:
         self._recovered()
         out: list[NDArray[np.float32] | None] = []
         for value in raw:
-            out.append(None if value is None else np.frombuffer(value, dtype=np.float32).copy())
+            # Values are raw bytes: the client is built without decode_responses.
+            raw_bytes = cast(bytes, value)
+            out.append(None if value is None else np.frombuffer(raw_bytes, np.float32).copy())
         hits = sum(v is not None for v in out)
         if hits:
             self._on_result(kind, "hit", hits)

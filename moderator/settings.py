@@ -69,10 +69,17 @@ class RedisSettings(BaseModel):
     timeout_s: float = Field(0.5, gt=0, description="Per-command timeout; Redis is optional.")
 
 
+Provider = Literal["cuda", "tensorrt", "cpu"]
+
+
+def _default_providers() -> list[Provider]:
+    return ["cuda", "cpu"]
+
+
 class ModelSettings(BaseModel):
     path: str = Field("demo", description="Exported model directory, or `demo`.")
-    providers: list[Literal["cuda", "tensorrt", "cpu"]] = Field(
-        default_factory=lambda: ["cuda", "cpu"],
+    providers: list[Provider] = Field(
+        default_factory=_default_providers,
         description="Execution providers in order of preference; unavailable ones are skipped.",
     )
     device_ids: list[int] = Field(
@@ -129,13 +136,13 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
-    redis: RedisSettings = Field(default_factory=RedisSettings)  # type: ignore[arg-type]
-    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
-    policy: PolicySettings = Field(default_factory=PolicySettings)  # type: ignore[arg-type]
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
-    log: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -105,7 +105,7 @@ def plan_events(
     for i, sample in enumerate(samples[:inline]):
         event_id = f"demo-{run}-inline-{i:02d}"
         data = _jpeg(sample.image) if i % 3 == 0 else _png(sample.image)
-        record = (event_id, json_event(event_id, data=data, surface="upload"), [])
+        record: Record = (event_id, json_event(event_id, data=data, surface="upload"), [])
         planned.append(_Planned(event_id, f"{sample.label} (inline)", record))
     for i, sample in enumerate(samples[inline : inline + by_url]):
         event_id = f"demo-{run}-url-{i:02d}"

@@ -23,8 +23,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from moderator.demo.shapes import generate
-from moderator.service import Service
 from moderator.kafka import topic_partitions
+from moderator.service import Service
 from moderator.settings import KafkaSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
