@@ -287,3 +287,39 @@ async def test_service_keeps_going_when_redis_dies(
     finally:
         if redis_proc.poll() is None:
             redis_proc.kill()
+
+
+async def test_embeddings_topic_carries_one_vector_per_image(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str], topic_factory: Callable[..., Any]
+) -> None:
+    embeddings_topic = await topic_factory(1, label="embeddings")
+    env = _env(kafka_bootstrap, redis_url, topics, f"moderator-emb-{uuid.uuid4().hex[:8]}")
+    env["MODERATOR_KAFKA__EMBEDDINGS_TOPIC"] = embeddings_topic
+    service = Service(load_settings(env))
+    task = asyncio.create_task(service.run())
+    try:
+        records, labels = _events(5, seed=31)
+        await _produce(kafka_bootstrap, topics["input"], records)
+        verdicts, _ = await _collect(kafka_bootstrap, topics, set(labels), 60)
+        assert set(labels) <= set(verdicts)
+    finally:
+        service.stop()
+        assert await asyncio.wait_for(task, 60) == 0
+    consumer = AIOKafkaConsumer(
+        embeddings_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        vectors: dict[str, dict[str, Any]] = {}
+        while len(vectors) < len(labels):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                for r in batch:
+                    vectors[(r.key or b"").decode()] = json.loads(r.value or b"{}")
+    finally:
+        await consumer.stop()
+    for key, record in vectors.items():
+        assert record["image_sha256"] == verdicts[key][0]["image"]["sha256"]
+        assert record["model_sha256"] == verdicts[key][0]["model"]["sha256"]
+        vector = record["embedding"]
+        assert len(vector) == 128
+        assert abs(sum(x * x for x in vector) - 1.0) < 1e-3
