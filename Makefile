@@ -9,14 +9,14 @@ PY := $(VENV)/bin/python
 STAMP_ALL := $(VENV)/.installed-all
 STAMP_RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: help install install-runtime services services-down services-status lint test test-unit demo schema clean
+.PHONY: help install install-runtime services services-down services-status lint lint-deploy test test-unit demo schema clean
 
 help:
 	@echo "make demo             set everything up and run the demo (services, model, events, verdicts)"
 	@echo "make test             set everything up and run lint, mypy and the whole test suite"
 	@echo "make install          venv at .venv with the runtime, export and dev extras"
 	@echo "make services         start Kafka (KRaft) and Redis locally; services-down / services-status"
-	@echo "make lint             ruff + mypy"
+	@echo "make lint             ruff + mypy; make lint-deploy: helm, kubernetes schemas, promtool"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
@@ -46,12 +46,17 @@ services-status:
 	scripts/services.sh status
 
 lint: install
-	$(VENV)/bin/ruff check moderator tests
-	$(VENV)/bin/ruff format --check moderator tests
+	$(VENV)/bin/ruff check moderator tests scripts
+	$(VENV)/bin/ruff format --check moderator tests scripts
 	$(VENV)/bin/mypy
 
+# Helm chart, Kubernetes manifests, Prometheus rules and the compose file, with real tools
+# (helm built from the Go module proxy and promtool from Debian, both cached under ~/.cache).
+lint-deploy: install
+	PY=$(PY) scripts/lint-deploy.sh
+
 # pytest exits 5 when it collects nothing: that is a broken suite here, never a pass.
-test: install services lint
+test: install services lint lint-deploy
 	$(PY) -m pytest -q -p no:cacheprovider; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$code
 

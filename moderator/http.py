@@ -53,6 +53,9 @@ class HealthServer:
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
+            # Refresh readiness on every scrape too: without a probe calling /readyz (plain
+            # `docker run`), the gauge would otherwise stay at its initial 0.
+            self._metrics.ready.set(1 if self._readiness()[0] else 0)
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
         if path == "/healthz":
             alive, why = self._liveness()

@@ -2,7 +2,11 @@
 # Local real services for the integration tests and the demo: a single-node Kafka 4 broker
 # (KRaft, broker+controller in one JVM) and a Redis, both bound to 127.0.0.1.
 #
-#   scripts/services.sh up|down|status
+#   scripts/services.sh up|down|status [kafka|redis]
+#
+# Naming one service acts on it alone: the fault tests stop and restart a private stack's broker
+# (or Redis) while the other keeps running. `down` keeps the data directory, so topics and
+# committed offsets survive a broker restart; only removing MODERATOR_SERVICES_DIR wipes them.
 #
 # Kafka comes from Maven Central (scripts/kafka/pom.xml) rather than an Apache tarball because
 # CI and dev machines reach Maven Central but not the Apache mirrors. Redis comes from Debian.
@@ -12,6 +16,13 @@
 #   KAFKA_PORT             client listener (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener (default KAFKA_PORT+1)
 #   REDIS_PORT             (default 6379)
+#   KAFKA_SECURITY         plaintext (default) or sasl_ssl: the broker then also listens for
+#                          SASL_SSL (SCRAM-SHA-512 over TLS) on KAFKA_SECURE_PORT, with a CA and
+#                          broker certificate made here; clients trust <state>/tls/ca.pem
+#   KAFKA_SECURE_PORT      SASL_SSL listener (default KAFKA_PORT+2)
+#   KAFKA_SASL_USER        SCRAM user created at storage format (default moderator)
+#   KAFKA_SASL_PASSWORD    its password (default: random, kept in <state>/tls/sasl.password);
+#                          credentials are fixed when the storage is formatted
 #   KAFKA_VERSION          default: <kafka.version> in scripts/kafka/pom.xml
 #   KAFKA_HEAP_OPTS        broker heap (default "-Xms256m -Xmx768m")
 #   MODERATOR_CACHE_DIR    downloads (default ~/.cache/moderator; Kafka jars in kafka-<version>/)
@@ -30,6 +41,9 @@ KAFKA_READY_SRC=$SCRIPT_DIR/kafka/KafkaReady.java
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 REDIS_PORT=${REDIS_PORT:-6379}
+KAFKA_SECURITY=${KAFKA_SECURITY:-plaintext}
+KAFKA_SECURE_PORT=${KAFKA_SECURE_PORT:-$((KAFKA_PORT + 2))}
+KAFKA_SASL_USER=${KAFKA_SASL_USER:-moderator}
 KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")}
 # The machine has 2 cores and plenty of RAM; a test broker never needs more than this.
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
@@ -45,6 +59,7 @@ KAFKA_LIBS=$KAFKA_CACHE/libs
 # State is per port so two stacks (e.g. a dev one and a CI one) can coexist.
 KAFKA_DIR=$RUN_ROOT/kafka-$KAFKA_PORT
 REDIS_DIR=$RUN_ROOT/redis-$REDIS_PORT
+TLS_DIR=$KAFKA_DIR/tls
 
 say() { printf 'services: %s\n' "$*"; }
 warn() { printf 'services: %s\n' "$*" >&2; }
@@ -54,7 +69,7 @@ die() {
 }
 
 usage() {
-  echo "usage: $0 up|down|status" >&2
+  echo "usage: $0 up|down|status [kafka|redis]" >&2
   exit 2
 }
 
@@ -207,6 +222,9 @@ kafka_preflight() { # before starting anything: our ports must be ours or free
   kafka_pid >/dev/null && return 0
   ensure_port_free "$KAFKA_PORT" KAFKA_PORT
   ensure_port_free "$KAFKA_CONTROLLER_PORT" KAFKA_CONTROLLER_PORT
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then
+    ensure_port_free "$KAFKA_SECURE_PORT" KAFKA_SECURE_PORT
+  fi
 }
 
 kafka_pid() { # -> pid of the broker we started on KAFKA_PORT, or return 1
@@ -220,16 +238,24 @@ kafka_pid() { # -> pid of the broker we started on KAFKA_PORT, or return 1
 
 write_kafka_config() {
   mkdir -p "$KAFKA_DIR"
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
+  local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then
+    listeners+=",SASL_SSL://127.0.0.1:$KAFKA_SECURE_PORT"
+    advertised+=",SASL_SSL://127.0.0.1:$KAFKA_SECURE_PORT"
+    protocols+=",SASL_SSL:SASL_SSL"
+  fi
   cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by scripts/services.sh on every start; edits here are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$KAFKA_DIR/data
 
 # Single node: every internal topic must live with one replica.
@@ -257,6 +283,20 @@ log.segment.bytes=67108864
 num.io.threads=4
 num.network.threads=2
 EOF
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then
+    # The PLAINTEXT listener stays for the readiness probe and broker-internal traffic; the
+    # SASL_SSL one is what secured clients use. SCRAM users live in the cluster metadata
+    # (added at format time). PEM keystore: unencrypted key, then the certificate chain.
+    cat >>"$KAFKA_DIR/server.properties" <<EOF
+
+# KAFKA_SECURITY=sasl_ssl
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker.keystore.pem
+ssl.client.auth=none
+EOF
+  fi
   cat >"$KAFKA_DIR/log4j2.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by scripts/services.sh. Broker log goes to a file; stdout stays for JVM errors. -->
@@ -295,15 +335,67 @@ format_kafka_storage() {
     say "kafka: discarding data formatted by another Kafka version"
     rm -rf "$data"
   fi
+  # SCRAM users can only be added at format time here: plaintext-mode data has none.
+  if [[ $KAFKA_SECURITY == sasl_ssl && -f $data/meta.properties && ! -f $TLS_DIR/sasl.password ]]; then
+    say "kafka: discarding data formatted without SCRAM users (KAFKA_SECURITY=sasl_ssl)"
+    rm -rf "$data"
+  fi
   [[ -f $data/meta.properties ]] && return 0
+  local -a scram=()
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then
+    local password
+    password=$(sasl_password)
+    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,password=$password]")
+  fi
   say "kafka: formatting storage in $data"
   if ! java -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.xml" -cp "$KAFKA_LIBS/*" \
-    kafka.tools.StorageTool format -t "$(new_cluster_id)" \
+    kafka.tools.StorageTool format -t "$(new_cluster_id)" "${scram[@]}" \
     -c "$KAFKA_DIR/server.properties" --ignore-formatted >>"$KAFKA_DIR/kafka.out" 2>&1; then
     show_log_tail "$KAFKA_DIR/kafka.out"
     die "kafka storage format failed"
   fi
   echo "$KAFKA_VERSION" >"$KAFKA_DIR/data.version"
+}
+
+sasl_password() { # -> the SCRAM password to format with, recorded (0600) in $TLS_DIR/sasl.password
+  local password=${KAFKA_SASL_PASSWORD:-}
+  if [[ -z $password ]]; then
+    password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+  fi
+  # --add-scram parses name=value pairs inside [...]: keep those characters out.
+  [[ $password =~ ^[A-Za-z0-9._~-]+$ ]] ||
+    die "KAFKA_SASL_PASSWORD may only contain letters, digits and . _ ~ -"
+  [[ $KAFKA_SASL_USER =~ ^[A-Za-z0-9._~-]+$ ]] ||
+    die "KAFKA_SASL_USER may only contain letters, digits and . _ ~ -"
+  (umask 077 && printf '%s\n' "$password" >"$TLS_DIR/sasl.password")
+  echo "$password"
+}
+
+ensure_tls_material() { # a throwaway CA and a broker certificate for 127.0.0.1, made once
+  [[ -f $TLS_DIR/broker.keystore.pem && -f $TLS_DIR/ca.pem ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl not found; KAFKA_SECURITY=sasl_ssl needs it"
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  local log=$TLS_DIR/openssl.log
+  say "kafka: creating a test CA and broker certificate in $TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=moderator test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.pem
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout broker.key -out broker.csr
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "authorityKeyIdentifier=keyid" "subjectKeyIdentifier=hash" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.pem
+    cat broker.key broker.pem ca.pem >broker.keystore.pem
+    chmod 644 ca.pem
+  ) >"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "could not create TLS material in $TLS_DIR"
+  }
 }
 
 ensure_ready_probe() {
@@ -346,6 +438,11 @@ kafka_up() {
   fi
   kafka_preflight
   ensure_kafka_libs
+  case "$KAFKA_SECURITY" in
+    plaintext) ;;
+    sasl_ssl) ensure_tls_material ;;
+    *) die "KAFKA_SECURITY must be plaintext or sasl_ssl, not '$KAFKA_SECURITY'" ;;
+  esac
   write_kafka_config
   format_kafka_storage
 
@@ -378,6 +475,10 @@ kafka_up() {
   ((left >= 10)) || left=10
   kafka_ready "$left" >/dev/null || kafka_fail "$pid" "broker did not answer a metadata request"
   say "kafka ready at 127.0.0.1:$KAFKA_PORT (pid $pid, log $KAFKA_DIR/kafka.log)"
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then
+    say "kafka SASL_SSL (SCRAM-SHA-512, user $KAFKA_SASL_USER) at 127.0.0.1:$KAFKA_SECURE_PORT;" \
+      "CA $TLS_DIR/ca.pem, password in $TLS_DIR/sasl.password"
+  fi
 }
 
 kafka_down() {
@@ -493,32 +594,38 @@ redis_status() { # -> 0 when running
 # ---------------------------------------------------------------- main
 
 main() {
-  [[ $# -eq 1 ]] || usage
+  [[ $# -ge 1 && $# -le 2 ]] || usage
+  local only=${2:-all}
+  case "$only" in all | kafka | redis) ;; *) usage ;; esac
+  local kafka=0 redis=0
+  [[ $only == redis ]] || kafka=1
+  [[ $only == kafka ]] || redis=1
   check_outside_repo
   case "$1" in
     up)
       lock_state
-      require_java
+      ((kafka)) && require_java
       # Check every port first so a conflict cannot leave one service half-started.
-      kafka_preflight
-      redis_preflight
-      ensure_kafka_libs
-      redis_up
-      kafka_up
+      ((kafka)) && kafka_preflight
+      ((redis)) && redis_preflight
+      ((kafka)) && ensure_kafka_libs
+      ((redis)) && redis_up
+      ((kafka)) && kafka_up
       ;;
     down)
       lock_state
-      kafka_down
-      redis_down
+      ((kafka)) && kafka_down
+      ((redis)) && redis_down
       ;;
     status)
       local rc=0
-      kafka_status || rc=3
-      redis_status || rc=3
+      if ((kafka)); then kafka_status || rc=3; fi
+      if ((redis)); then redis_status || rc=3; fi
       exit "$rc"
       ;;
     *) usage ;;
   esac
+  return 0
 }
 
 main "$@"
