@@ -25,7 +25,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP_ALL): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[export,dev]"
+	$(PY) -m pip install --quiet -e ".[export,bench,dev]"
 	touch $@ $(STAMP_RUNTIME)
 
 $(STAMP_RUNTIME): pyproject.toml | $(PY)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from moderator import __version__
+from moderator.bench.cli import app as bench_app  # its commands import heavy modules lazily
 from moderator.errors import ConfigError, ModeratorError
 from moderator.policy.cli import app as policy_app
 
@@ -21,9 +22,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-)
-bench_app = typer.Typer(
-    help="Benchmarks that print figures (never timed tests).", no_args_is_help=True
 )
 app.add_typer(policy_app, name="policy", help="Author policies: validate, explain, test, diff.")
 app.add_typer(bench_app, name="bench")

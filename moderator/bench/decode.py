@@ -1,0 +1,368 @@
+"""`moderator bench decode`: image bytes → model-ready uint8 (S, S, 3) pixels, per second.
+
+Three CPU figures for our `decode_image`, per format:
+- `1 core`: one process decoding in a loop (what one decode worker can do);
+- `all cores`: one process per core, each decoding its own copy of the images in a loop
+  (the ceiling of the decode pool);
+- `pool`: images submitted one by one to a `ProcessPoolExecutor`, as the service does, so
+  the figure includes pickling the bytes in and the pixels out.
+
+And, when torch and a CUDA device are present, the GPU path: batches of JPEG bytes decoded
+by nvJPEG (torchcodec, else torchvision), resized and centre-cropped on the GPU
+(`gpu_preprocess`). The service does not use it yet; this measures what it would give. PNG has
+no GPU decoder, so it is CPU-only.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Final
+
+import numpy as np
+
+from moderator.bench.images import BenchImage, bench_images
+from moderator.bench.report import Column, Report
+from moderator.decode import PreprocessSpec, decode_image
+from moderator.errors import ConfigError
+
+__all__ = ["gpu_decoder", "gpu_preprocess", "run_decode_bench"]
+
+FORMATS: Final = ("JPEG", "PNG")
+GPU_BATCH: Final = 128  # JPEGs per nvJPEG call: large enough to fill the decoder's batch
+# Bicubic with antialiasing, as torchvision's Resize (CLIPImageProcessor's default backend).
+_RESIZE_MODE: Final = "bicubic"
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- CPU -------------------------------------------------------------------------------------
+
+_BARRIER_TIMEOUT_S: Final = 120.0  # workers start within seconds; this only stops a hang
+_worker_images: list[bytes] = []
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(images: list[bytes], spec: PreprocessSpec, barrier: Any) -> None:
+    _worker_images[:] = images
+    _worker_state.update(spec=spec, barrier=barrier)
+
+
+def _decode_loop(seconds: float) -> tuple[int, float]:
+    """In a worker: decode the worker's images round-robin for `seconds`; (count, elapsed).
+
+    The barrier holds every task until all workers have one, so each runs in its own
+    process and all run at the same time.
+    """
+    _worker_state["barrier"].wait(_BARRIER_TIMEOUT_S)
+    return _loop(_worker_images, _worker_state["spec"], seconds)
+
+
+def _loop(images: Sequence[bytes], spec: PreprocessSpec, seconds: float) -> tuple[int, float]:
+    count = 0
+    started = time.perf_counter()
+    while True:
+        decode_image(images[count % len(images)], spec)
+        count += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and count >= len(images):
+            return count, elapsed
+
+
+def _context() -> Any:
+    # forkserver, as the service's pool: workers never inherit this process's threads.
+    return multiprocessing.get_context("forkserver")
+
+
+def _all_cores(images: list[bytes], spec: PreprocessSpec, seconds: float, workers: int) -> float:
+    context = _context()
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(images, spec, context.Barrier(workers)),
+    ) as pool:
+        list(pool.map(_decode_loop, [0.0] * workers))  # start every worker, warm its caches
+        results = list(pool.map(_decode_loop, [seconds] * workers))
+    # Every worker ran for `seconds` at the same time: the rates add up.
+    return sum(count / elapsed for count, elapsed in results)
+
+
+def _pool_submit(images: list[bytes], spec: PreprocessSpec, seconds: float, workers: int) -> float:
+    """Images sent one at a time, as `Service._embed` does, with up to 4 per worker queued."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        list(pool.map(decode_image, images[:workers], [spec] * workers))  # start the workers
+        in_flight = 4 * workers
+        done = 0
+        started = time.perf_counter()
+        pending = [
+            pool.submit(decode_image, images[i % len(images)], spec) for i in range(in_flight)
+        ]
+        submitted = in_flight
+        while time.perf_counter() - started < seconds or done < len(images):
+            pending.pop(0).result()
+            done += 1
+            pending.append(pool.submit(decode_image, images[submitted % len(images)], spec))
+            submitted += 1
+        elapsed = time.perf_counter() - started
+        for future in pending:
+            future.cancel()
+    return done / elapsed
+
+
+# --- GPU -------------------------------------------------------------------------------------
+
+
+def gpu_decoder() -> tuple[str, Callable[[list[bytes], str], list[Any]]] | None:
+    """(name, decode) for batched JPEG decoding to CHW uint8 tensors on a device, or None.
+
+    torchcodec is preferred (torchvision's image decoders are deprecated since 0.29); both
+    take a list of encoded images and decode them in one nvJPEG batch on CUDA.
+    """
+    try:
+        from torchcodec.decoders import decode_jpeg as codec_decode  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:
+
+        def decode_codec(images: list[bytes], device: str) -> list[Any]:
+            out: Any = codec_decode(list(images), mode="RGB", device=device)
+            return list(out)
+
+        return "torchcodec", decode_codec
+    try:
+        import torch
+        from torchvision.io import (  # type: ignore[import-not-found, unused-ignore]
+            ImageReadMode,
+        )
+        from torchvision.io import (  # type: ignore[import-not-found, unused-ignore]
+            decode_jpeg as vision_decode,
+        )
+    except ImportError:
+        return None
+
+    def decode_vision(images: list[bytes], device: str) -> list[Any]:
+        # bytearray: torch.frombuffer warns on read-only buffers such as bytes.
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
+        out: list[Any] = vision_decode(tensors, mode=ImageReadMode.RGB, device=device)
+        return out
+
+    return "torchvision", decode_vision
+
+
+def gpu_preprocess(
+    images: list[bytes],
+    spec: PreprocessSpec,
+    *,
+    device: str = "cuda",
+    decode: Callable[[list[bytes], str], list[Any]] | None = None,
+) -> Any:
+    """JPEG bytes → (n, S, S, 3) uint8 tensor on `device`: decode, resize the shortest side
+    to `spec.resize_shortest_edge` (bicubic, antialiased), centre-crop S×S.
+
+    The geometry is `decode_image`'s (HF's truncating long side, torchvision's crop offsets);
+    the pixels differ by the JPEG DCT scaling `decode_image` uses and by resampling details.
+    Images of equal size are resized in one call. Sides shorter than S are not padded here
+    (the caller sends photos); such an image raises ValueError.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from moderator.decode import _crop_start, _resize_size
+
+    if decode is None:
+        found = gpu_decoder()
+        if found is None:
+            raise ConfigError("GPU decoding needs torchcodec or torchvision")
+        decode = found[1]
+    decoded = decode(images, device)
+    size = spec.image_size
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, chw in enumerate(decoded):
+        groups.setdefault((int(chw.shape[1]), int(chw.shape[2])), []).append(i)
+    out: Any = None  # one size (the usual case) needs no scatter into a shared tensor
+    if len(groups) > 1:
+        out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
+    for (height, width), members in groups.items():
+        new_w, new_h = _resize_size((width, height), spec.resize_shortest_edge)
+        if new_w < size or new_h < size:
+            raise ValueError(f"{width}x{height} is smaller than the {size}px crop after resizing")
+        batch = torch.stack([decoded[i] for i in members]).float()
+        resized = F.interpolate(
+            batch, size=(new_h, new_w), mode=_RESIZE_MODE, antialias=True, align_corners=False
+        )
+        top, left = _crop_start(new_h, size), _crop_start(new_w, size)
+        crop = resized[:, :, top : top + size, left : left + size]
+        pixels = crop.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        if out is None:
+            return pixels.contiguous()
+        out[torch.tensor(members, device=device)] = pixels
+    return out
+
+
+def _gpu_rate(
+    jpegs: list[bytes], spec: PreprocessSpec, seconds: float, batch: int, device: str
+) -> tuple[float, str]:
+    import torch
+
+    found = gpu_decoder()
+    assert found is not None
+    name, decode = found
+    batches = [
+        [jpegs[(start + k) % len(jpegs)] for k in range(batch)]
+        for start in range(0, max(len(jpegs), batch), batch)
+    ]
+    for chunk in batches[:2]:  # nvJPEG and cuDNN set-up happen here
+        gpu_preprocess(chunk, spec, device=device, decode=decode)
+    torch.cuda.synchronize()
+    done = 0
+    started = time.perf_counter()
+    while True:
+        for chunk in batches:
+            gpu_preprocess(chunk, spec, device=device, decode=decode)
+            done += len(chunk)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return done / elapsed, name
+
+
+def _gpu_problem() -> str | None:
+    """Why the GPU path cannot run here, or None. torch is imported only when installed."""
+    try:
+        import torch
+    except ImportError:
+        return "GPU decode skipped: torch is not installed"
+    if not torch.cuda.is_available():
+        return "GPU decode skipped: no CUDA device visible to torch"
+    if gpu_decoder() is None:
+        return "GPU decode skipped: needs torchcodec (or torchvision) for nvJPEG"
+    return None
+
+
+# --- the bench -------------------------------------------------------------------------------
+
+COLUMNS: Final = [
+    Column("path", "path"),
+    Column("format", "format"),
+    Column("workers", "workers"),
+    Column("img_s", "img/s"),
+    Column("img_s_per_worker", "img/s per worker"),
+]
+
+
+def run_decode_bench(
+    *,
+    images: int,
+    seconds: float,
+    size: int,
+    resize_shortest_edge: int | None = None,
+    workers: int = 0,
+    gpu: bool = True,
+    gpu_batch: int = GPU_BATCH,
+    seed: int = 0,
+    progress: Progress = _stderr,
+) -> Report:
+    """Decode rates of 1024×768 photo-like JPEGs and PNGs at crop size `size`.
+
+    `ratio` is the GPU JPEG rate ÷ the all-cores CPU JPEG rate (null without a GPU).
+    """
+    if images < 1:
+        raise ConfigError(f"--images must be >= 1, got {images}")
+    cores = workers or os.cpu_count() or 1
+    spec = PreprocessSpec.for_model(size, resize_shortest_edge or size)
+    report = Report("decode", COLUMNS)
+    report.config = {
+        "images_per_format": images,
+        "image_size": "1024x768",
+        "crop": size,
+        "resize_shortest_edge": spec.resize_shortest_edge,
+        "seconds": seconds,
+        "workers": cores,
+        "gpu_batch": gpu_batch,
+    }
+    progress(f"generating {images} JPEG and {images} PNG photo-like images")
+    pool = bench_images(images, seed=seed, png_fraction=0.0)
+    by_format: dict[str, list[bytes]] = {"JPEG": [i.data for i in pool]}
+    by_format["PNG"] = [_to_png(i) for i in pool]
+    report.config["mean_bytes"] = {
+        fmt: int(np.mean([len(b) for b in data])) for fmt, data in by_format.items()
+    }
+    rates: dict[tuple[str, str], float] = {}
+    for fmt in FORMATS:
+        data = by_format[fmt]
+        progress(f"{fmt}: 1 core")
+        _loop(data[:1], spec, 0.0)  # imports and first-call costs
+        count, elapsed = _loop(data, spec, seconds)
+        rates[("cpu-1-core", fmt)] = count / elapsed
+        report.rows.append(_row("cpu 1 core", fmt, 1, count / elapsed))
+        progress(f"{fmt}: all cores ({cores} processes)")
+        rate = _all_cores(data, spec, seconds, cores)
+        rates[("cpu-all-cores", fmt)] = rate
+        report.rows.append(_row("cpu all cores", fmt, cores, rate))
+        progress(f"{fmt}: pool submit ({cores} processes)")
+        rate = _pool_submit(data, spec, seconds, cores)
+        report.rows.append(_row("cpu pool submit", fmt, cores, rate))
+    gpu_rate = None
+    problem = _gpu_problem() if gpu else "GPU decode skipped: --no-gpu"
+    if problem is None:
+        progress(f"JPEG: GPU, batches of {gpu_batch}")
+        try:
+            gpu_rate, decoder = _gpu_rate(by_format["JPEG"], spec, seconds, gpu_batch, "cuda")
+        except Exception as exc:  # nvJPEG/driver problems: report them, keep the CPU figures
+            report.notes.append(f"GPU decode failed: {type(exc).__name__}: {exc}")
+        else:
+            report.rows.append(_row(f"gpu ({decoder})", "JPEG", 1, gpu_rate))
+            report.config["gpu_decoder"] = decoder
+            report.notes.append(
+                "gpu: host JPEG bytes in, (n, S, S, 3) uint8 pixels left on the device"
+            )
+    else:
+        report.notes.append(problem)
+    report.notes.append(
+        "all cores: each process decodes its own copy of the images (no IPC); pool submit: "
+        "one image per task through a ProcessPoolExecutor, as the service sends them"
+    )
+    cpu_all = rates[("cpu-all-cores", "JPEG")]
+    report.results = {
+        "ratio": gpu_rate / cpu_all if gpu_rate is not None else None,
+        "peer": "cpu-all-cores JPEG",
+        "jpeg_img_s": {"cpu_1_core": rates[("cpu-1-core", "JPEG")], "cpu_all_cores": cpu_all}
+        | ({"gpu": gpu_rate} if gpu_rate is not None else {}),
+        "png_img_s": {
+            "cpu_1_core": rates[("cpu-1-core", "PNG")],
+            "cpu_all_cores": rates[("cpu-all-cores", "PNG")],
+        },
+    }
+    report.finish()
+    return report
+
+
+def _row(path: str, fmt: str, workers: int, rate: float) -> dict[str, Any]:
+    return {
+        "path": path,
+        "format": fmt,
+        "workers": workers,
+        "img_s": rate,
+        "img_s_per_worker": rate / workers,
+    }
+
+
+def _to_png(image: BenchImage) -> bytes:
+    """The same picture as PNG, so the two formats differ only in the codec."""
+    import io
+
+    from PIL import Image
+
+    from moderator.bench.images import encode
+
+    with Image.open(io.BytesIO(image.data)) as im:
+        return encode(im.convert("RGB"), "PNG")

@@ -1,0 +1,909 @@
+"""`moderator bench e2e`: events through a Kafka broker to verdicts, ours vs the naive peer.
+
+Phases, each on fresh topics and a fresh consumer group:
+
+1. **Max load, ours.** N events (inline base64 JSON; `--url-fraction` of them by URL from a
+   local HTTP server) are produced before the service starts. `moderator serve` is started as
+   a subprocess (its own GIL, as deployed); the clock starts when `/readyz` says it has joined
+   the group (model loading is not counted) and stops when the N-th answer (verdict or DLQ
+   record) is read back: verdicts/s = N / that time.
+2. **Max load, naive.** The same N events (same topic, its own group), `naive.py` as a
+   subprocess; the clock starts when it has partitions.
+3. **Half load, ours** (and the peer's, `--peer-latency`): events are produced at 50% of the
+   phase-1 rate for `--duration` seconds by `--producers` processes while the service runs;
+   latency per event = the verdict record's Kafka timestamp − the input record's (both
+   CreateTime: the load generator stamps each event as it sends it, the service's producer
+   when it sends the verdict). The first 20% of the window (at most 2 s) is left out as
+   warm-up. Preloaded events have no meaningful latency, which is why this is its own phase.
+
+Redis is off for the service: the image pool repeats (`--unique` images), and a cache hit
+would skip decode and inference that the peer has to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from moderator.bench.images import BenchImage, bench_images
+from moderator.bench.model import B32, resolve_bench_model
+from moderator.bench.report import Column, Report
+from moderator.embed.paths import DEMO_NAME
+from moderator.errors import ConfigError
+from moderator.kafka import topic_partitions
+from moderator.settings import KafkaSettings
+
+__all__ = ["E2EOptions", "default_events", "percentile", "run_e2e_bench"]
+
+_REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+# Events of up to ~1.8 MB (a 1.3 MB PNG in base64): over Kafka's 1 MB default record limit.
+MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
+SURFACE: Final = "upload"
+# Defaults that finish in about a minute per phase on a 2-core CPU box.
+DEFAULT_EVENTS: Final = {DEMO_NAME: 600, B32: 200}
+DEFAULT_EVENTS_OTHER: Final = 200
+_READY_TIMEOUT_S: Final = 300.0  # model load + policy compile + group join
+_STOP_TIMEOUT_S: Final = 60.0
+_POLL_S: Final = 0.05
+_WARMUP_FRACTION: Final = 0.2
+_WARMUP_MAX_S: Final = 2.0
+_SEND_TICK_S: Final = 0.002  # rate-limited producers send what is due every tick
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class E2EOptions:
+    model: str = DEMO_NAME
+    events: int | None = None
+    broker: str = "127.0.0.1:9092"
+    peer: str | None = "naive"
+    peer_model: Path | None = None
+    peer_batch: int = 1
+    peer_threads: int = 0
+    peer_latency: bool = True
+    duration: float = 20.0
+    unique: int = 32
+    png_fraction: float = 0.2
+    url_fraction: float = 0.0
+    partitions: int = 6
+    producers: int = 1
+    providers: Sequence[str] = ("cuda", "cpu")
+    precision: str = "auto"
+    policy: Path | None = None
+    timeout: float = 600.0
+    service_env: dict[str, str] = field(default_factory=dict)
+    keep_topics: bool = False
+    seed: int = 0
+
+
+def default_events(model: str) -> int:
+    return DEFAULT_EVENTS.get(model, DEFAULT_EVENTS_OTHER)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100, linear interpolation); None for no values."""
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+# --- events and the load generator -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Pre-encoded pieces of event JSON, so an event costs one concatenation to build."""
+
+    inline: list[bytes]  # base64 of each image
+    urls: list[bytes]  # its URL on the local image server ([] without one)
+    url_fraction: float
+
+    def event(self, index: int, event_id: str) -> bytes:
+        k = index % len(self.inline)
+        head = b'{"id":"' + event_id.encode() + b'","surface":"' + SURFACE.encode() + b'",'
+        if self.urls and (index % 100) < round(self.url_fraction * 100):
+            return head + b'"image_url":"' + self.urls[k] + b'"}'
+        return head + b'"image_b64":"' + self.inline[k] + b'"}'
+
+
+@dataclass(frozen=True)
+class _ProduceJob:
+    bootstrap: str
+    topic: str
+    pool: _Pool
+    prefix: str
+    count: int | None  # preload: exactly this many, as fast as possible
+    rate: float | None  # else: this many per second …
+    duration: float | None  # … for this long
+    start_at: float  # wall-clock time all producers begin at
+
+
+@dataclass(frozen=True)
+class _Produced:
+    ids: list[str]
+    timestamps_ms: list[int]
+    seconds: float
+
+
+def _produce_worker(job: _ProduceJob) -> _Produced:
+    return asyncio.run(_produce(job))
+
+
+async def _produce(job: _ProduceJob) -> _Produced:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=job.bootstrap,
+        acks=1,  # the generator's own durability is not what is measured
+        linger_ms=1,
+        max_request_size=MAX_RECORD_BYTES,
+        max_batch_size=1024 * 1024,
+    )
+    await producer.start()
+    ids: list[str] = []
+    stamps: list[int] = []
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        await asyncio.sleep(max(0.0, job.start_at - time.time()))
+        started = time.monotonic()
+
+        async def send(i: int) -> None:
+            event_id = f"{job.prefix}-{i}"
+            now_ms = int(time.time() * 1000)
+            futures.append(
+                await producer.send(
+                    job.topic,
+                    job.pool.event(i, event_id),
+                    key=event_id.encode(),
+                    timestamp_ms=now_ms,
+                )
+            )
+            ids.append(event_id)
+            stamps.append(now_ms)
+
+        if job.count is not None:
+            for i in range(job.count):
+                await send(i)
+        else:
+            assert job.rate is not None
+            assert job.duration is not None
+            i = 0
+            while (elapsed := time.monotonic() - started) < job.duration:
+                due = int(elapsed * job.rate)
+                while i < due:
+                    await send(i)
+                    i += 1
+                await asyncio.sleep(_SEND_TICK_S)
+        await asyncio.gather(*futures)
+        seconds = time.monotonic() - started
+    finally:
+        await producer.stop()
+    return _Produced(ids, stamps, seconds)
+
+
+def _run_producers(
+    bootstrap: str,
+    topic: str,
+    pool: _Pool,
+    tag: str,
+    *,
+    workers: int,
+    count: int | None = None,
+    rate: float | None = None,
+    duration: float | None = None,
+) -> _Produced:
+    """Split the work over `workers` processes (spawned: no inherited threads or loops)."""
+    start_at = time.time() + 2.0 + 0.5 * workers  # every process imported and connected
+    jobs = []
+    for w in range(workers):
+        share = None if count is None else count // workers + (1 if w < count % workers else 0)
+        jobs.append(
+            _ProduceJob(
+                bootstrap,
+                topic,
+                pool,
+                f"{tag}-{w}",
+                share,
+                None if rate is None else rate / workers,
+                duration,
+                start_at,
+            )
+        )
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        results = list(ex.map(_produce_worker, jobs))
+    return _Produced(
+        [i for r in results for i in r.ids],
+        [t for r in results for t in r.timestamps_ms],
+        max(r.seconds for r in results),
+    )
+
+
+# --- reading answers back --------------------------------------------------------------------
+
+
+class _Collector:
+    """Reads verdict (and DLQ) topics from the start; remembers each key's first answer."""
+
+    def __init__(self, bootstrap: str, verdicts: str, dlq: str | None, parse: bool) -> None:
+        self._bootstrap = bootstrap
+        self._topics = [verdicts] + ([dlq] if dlq else [])
+        self._verdicts = verdicts
+        self._parse = parse
+        self.answered: dict[str, int] = {}  # id → answer record timestamp (ms)
+        self.arrived: dict[str, float] = {}  # id → monotonic time we read it
+        self.dead = 0
+        self.timings: list[dict[str, float]] = []
+        self.decisions: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=MAX_RECORD_BYTES,
+        )
+        await consumer.start()
+        parts = await topic_partitions(
+            KafkaSettings(bootstrap_servers=self._bootstrap), self._topics
+        )
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
+            now = time.monotonic()
+            for tp, records in batches.items():
+                for r in records:
+                    key = (r.key or b"").decode()
+                    if key in self.answered:
+                        continue
+                    self.answered[key] = r.timestamp
+                    self.arrived[key] = now
+                    if tp.topic != self._verdicts:
+                        self.dead += 1
+                    elif self._parse:
+                        verdict = json.loads(r.value or b"{}")
+                        decision = str(verdict.get("decision"))
+                        self.decisions[decision] = self.decisions.get(decision, 0) + 1
+                        if isinstance(verdict.get("timings_ms"), dict):
+                            self.timings.append(verdict["timings_ms"])
+
+    async def wait_for(self, count: int, deadline: float) -> bool:
+        """True once `count` answers are in; False at the monotonic `deadline`."""
+        while len(self.answered) < count:
+            if time.monotonic() >= deadline:
+                return False
+            if self._task is not None and self._task.done():
+                self._task.result()  # re-raise what stopped the reader
+            await asyncio.sleep(_POLL_S)
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# --- the systems under test ------------------------------------------------------------------
+
+
+@dataclass
+class _System:
+    """A running consumer process (ours or the peer) and how to tell it is ready."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready: Callable[[], bool]
+    metrics_url: str | None = None
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise ConfigError(
+                f"{self.name} exited with {self.process.returncode} before finishing:\n"
+                + _tail(self.log)
+            )
+
+    async def wait_ready(self) -> float:
+        """Monotonic time at which it became ready."""
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while not await asyncio.to_thread(self.ready):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise ConfigError(f"{self.name} not ready after {_READY_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(_POLL_S)
+        return time.monotonic()
+
+    async def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, _STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without MODERATOR_* settings: the bench sets every one it means."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
+
+
+def _start_ours(
+    opts: E2EOptions, onnx_dir: Path, policy: Path, topics: dict[str, str], group: str, log: Path
+) -> _System:
+    port = _free_port()
+    env = _clean_env() | {
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": opts.broker,
+        "MODERATOR_KAFKA__GROUP_ID": group,
+        "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
+        "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
+        "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
+        "MODERATOR_KAFKA__CREATE_TOPICS": "false",
+        "MODERATOR_REDIS__ENABLED": "false",
+        "MODERATOR_MODEL__PATH": str(onnx_dir),
+        "MODERATOR_MODEL__PROVIDERS": json.dumps(list(opts.providers)),
+        "MODERATOR_MODEL__VERIFY_HASHES": "false",
+        "MODERATOR_POLICY__PATH": str(policy),
+        "MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE": "true",  # the local image server
+        "MODERATOR_HTTP__HOST": "127.0.0.1",
+        "MODERATOR_HTTP__PORT": str(port),
+        "MODERATOR_LOG__LEVEL": "WARNING",
+    }
+    env |= opts.service_env
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moderator", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return _System("moderator serve", process, log, ready, f"{base}/metrics")
+
+
+def _start_naive(
+    opts: E2EOptions, checkpoint: Path, policy: Path, topics: dict[str, str], group: str, log: Path
+) -> _System:
+    ready_file = log.with_suffix(".ready")
+    ready_file.unlink(missing_ok=True)
+    env = _clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    args = [
+        *("--bootstrap", opts.broker, "--input", topics["input"]),
+        *("--verdicts", topics["verdicts"], "--group", group),
+        *("--checkpoint", str(checkpoint), "--policy", str(policy)),
+        *("--batch", str(opts.peer_batch), "--threads", str(opts.peer_threads)),
+        *("--ready-file", str(ready_file)),
+    ]
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moderator.bench.naive", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    return _System("naive peer", process, log, ready_file.is_file)
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Phase:
+    system: str
+    load: str
+    events: int
+    answered: int
+    seconds: float
+    complete: bool
+    dead: int = 0
+    offered_rate: float | None = None
+    input_rate: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    first_answer_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.answered / self.seconds if self.seconds > 0 else 0.0
+
+    def row(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        return {
+            "system": self.system,
+            "load": self.load,
+            "events": self.events,
+            "answered": self.answered,
+            "dlq": self.dead,
+            "seconds": round(self.seconds, 3),
+            "verdicts_s": self.rate,
+            "offered_s": self.offered_rate,
+            "input_s": self.input_rate,
+            "p50_ms": percentile(lat, 50),
+            "p90_ms": percentile(lat, 90),
+            "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat) if lat else None,
+            "latency_samples": len(lat),
+            "first_answer_s": self.first_answer_s,
+            "complete": self.complete,
+            **self.extra,
+        }
+
+
+async def _max_phase(
+    name: str,
+    start: Callable[[], _System],
+    collector: _Collector,
+    events: int,
+    limit_s: float,
+    progress: Progress,
+) -> tuple[_Phase, _System]:
+    """Start the system on the preloaded topic, time it from ready to the N-th answer."""
+    await collector.start()
+    system = start()
+    try:
+        t0 = await system.wait_ready()
+        progress(f"{name}: ready; consuming {events} preloaded events")
+        deadline = t0 + limit_s
+        complete = False
+        while time.monotonic() < deadline:
+            system.check_alive()
+            if await collector.wait_for(events, min(deadline, time.monotonic() + 1.0)):
+                complete = True
+                break
+        t1 = max(collector.arrived.values(), default=time.monotonic()) if complete else None
+        elapsed = (t1 or time.monotonic()) - t0
+        first = min(collector.arrived.values(), default=None)
+        phase = _Phase(
+            name,
+            "max",
+            events,
+            min(len(collector.answered), events),
+            elapsed,
+            complete,
+            dead=collector.dead,
+            first_answer_s=None if first is None else first - t0,
+        )
+    except BaseException:
+        await system.stop()
+        raise
+    return phase, system
+
+
+async def _half_phase(
+    name: str,
+    start: Callable[[], _System],
+    collector: _Collector,
+    opts: E2EOptions,
+    pool: _Pool,
+    topic: str,
+    rate: float,
+    progress: Progress,
+) -> _Phase:
+    await collector.start()
+    system = start()
+    try:
+        await system.wait_ready()
+        progress(f"{name}: producing {rate:.1f} events/s for {opts.duration:.0f} s")
+        produced = await asyncio.to_thread(
+            _run_producers,
+            opts.broker,
+            topic,
+            pool,
+            f"half-{uuid.uuid4().hex[:6]}",
+            workers=opts.producers,
+            rate=rate,
+            duration=opts.duration,
+        )
+        deadline = time.monotonic() + max(60.0, opts.duration)
+        complete = await collector.wait_for(len(produced.ids), deadline)
+        system.check_alive()
+    finally:
+        await system.stop()
+    sent = dict(zip(produced.ids, produced.timestamps_ms, strict=True))
+    begin = min(produced.timestamps_ms, default=0)
+    skip_ms = 1000 * min(_WARMUP_MAX_S, _WARMUP_FRACTION * opts.duration)
+    latencies = [
+        float(collector.answered[i] - ts)
+        for i, ts in sent.items()
+        if i in collector.answered and ts >= begin + skip_ms
+    ]
+    return _Phase(
+        name,
+        "half",
+        len(produced.ids),
+        sum(1 for i in sent if i in collector.answered),
+        produced.seconds,
+        complete,
+        dead=collector.dead,
+        offered_rate=rate,
+        input_rate=len(produced.ids) / produced.seconds if produced.seconds else None,
+        latencies_ms=latencies,
+    )
+
+
+def _stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each `timings_ms` stage over the verdicts (where the time goes, in ours)."""
+    stages = sorted({k for t in timings for k in t})
+    return {s: round(float(np.median([t[s] for t in timings if s in t])), 2) for s in stages}
+
+
+def _batch_mean(metrics_text: str) -> float | None:
+    """Mean inference batch size from the service's Prometheus text."""
+    total = re.search(r"^moderator_batch_size_sum ([0-9.e+-]+)$", metrics_text, re.M)
+    count = re.search(r"^moderator_batch_size_count ([0-9.e+-]+)$", metrics_text, re.M)
+    if not total or not count or float(count.group(1)) == 0:
+        return None
+    return float(total.group(1)) / float(count.group(1))
+
+
+async def _scrape(url: str | None) -> str:
+    if url is None:
+        return ""
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return (await client.get(url)).text
+    except httpx.HTTPError:
+        return ""
+
+
+# --- topics and the image server -------------------------------------------------------------
+
+
+class _Topics:
+    """Fresh topics for one run, deleted at the end (unless kept)."""
+
+    def __init__(self, broker: str, partitions: int) -> None:
+        self._broker = broker
+        self._partitions = partitions
+        self._run = uuid.uuid4().hex[:8]
+        self.created: list[str] = []
+
+    async def make(self, label: str, *, big: bool) -> str:
+        name = f"moderator-bench-{self._run}-{label}"
+        config = {"max.message.bytes": str(MAX_RECORD_BYTES)} if big else {}
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._broker)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, self._partitions, 1, topic_configs=config)])
+        finally:
+            await admin.close()
+        self.created.append(name)
+        return name
+
+    async def group(self, label: str) -> dict[str, str]:
+        return {
+            "input": await self.make(f"{label}-in", big=True),
+            "verdicts": await self.make(f"{label}-verdicts", big=False),
+            "dlq": await self.make(f"{label}-dlq", big=True),
+        }
+
+    async def delete(self) -> None:
+        if not self.created:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._broker)
+        await admin.start()
+        try:
+            await admin.delete_topics(self.created)
+        finally:
+            await admin.close()
+
+
+class _ImageServer:
+    """`python -m http.server` over a temp folder of the pool's images, in its own process."""
+
+    def __init__(self, images: list[BenchImage], folder: Path) -> None:
+        self.port = _free_port()
+        self.names = []
+        for i, image in enumerate(images):
+            name = f"{i}.{'jpg' if image.format == 'JPEG' else 'png'}"
+            (folder / name).write_bytes(image.data)
+            self.names.append(name)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        raise ConfigError("the local image server did not start")
+
+    def urls(self) -> list[bytes]:
+        return [f"http://127.0.0.1:{self.port}/{n}".encode() for n in self.names]
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+# --- the bench -------------------------------------------------------------------------------
+
+COLUMNS: Final = [
+    Column("system", "system"),
+    Column("load", "load"),
+    Column("answered", "events"),
+    Column("seconds", "seconds"),
+    Column("verdicts_s", "verdicts/s"),
+    Column("offered_s", "offered/s"),
+    Column("p50_ms", "p50 ms"),
+    Column("p99_ms", "p99 ms"),
+    Column("max_ms", "max ms"),
+    Column("dlq", "dlq"),
+    Column("complete", "complete"),
+]
+
+
+def _default_policy(model: str) -> Path:
+    name = "demo.yaml" if model == DEMO_NAME else "default.yaml"
+    for base in (Path.cwd(), _REPO_ROOT):
+        if (base / "policies" / name).is_file():
+            return base / "policies" / name
+    raise ConfigError(f"policies/{name} not found here; pass --policy")
+
+
+async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Report:
+    """Run the phases (see the module doc) and report; `ratio` = ours ÷ naive at max load."""
+    events = opts.events or default_events(opts.model)
+    if events < 1 or opts.unique < 1 or opts.duration <= 0:
+        raise ConfigError("--events and --unique must be >= 1 and --duration > 0")
+    precision = opts.precision
+    if precision == "auto":
+        from moderator.bench.model import auto_precision
+
+        precision = auto_precision(opts.providers)
+    bench_model = resolve_bench_model(
+        opts.model, precision=precision, peer_model=opts.peer_model, progress=progress
+    )
+    policy = opts.policy or _default_policy(opts.model)
+    report = Report("e2e", COLUMNS)
+    report.config = {
+        "model": opts.model,
+        "onnx_dir": str(bench_model.onnx_dir),
+        "peer_checkpoint": str(bench_model.hf_dir) if bench_model.hf_dir else None,
+        "policy": str(policy),
+        "events": events,
+        "unique_images": opts.unique,
+        "png_fraction": opts.png_fraction,
+        "url_fraction": opts.url_fraction,
+        "partitions": opts.partitions,
+        "producers": opts.producers,
+        "half_load_seconds": opts.duration,
+        "peer": opts.peer,
+        "peer_batch": opts.peer_batch,
+        "peer_threads": opts.peer_threads or None,
+        "broker": opts.broker,
+        "redis": False,
+        "service_env": opts.service_env,
+        "precision": precision,
+    }
+    peer_dir = bench_model.hf_dir if opts.peer else None
+    if opts.peer and peer_dir is None:
+        report.notes.append(
+            f"naive peer skipped: no PyTorch checkpoint for {opts.model!r} "
+            "(for demo, .run/demo-hf; else pass --peer-model DIR)"
+        )
+    progress(f"generating {opts.unique} photo-like 1024x768 images")
+    images = bench_images(opts.unique, seed=opts.seed, png_fraction=opts.png_fraction)
+    report.config["image_bytes_mean"] = int(np.mean([len(i.data) for i in images]))
+    inline = [base64.b64encode(i.data) for i in images]
+    topics = _Topics(opts.broker, opts.partitions)
+    phases: list[_Phase] = []
+    with tempfile.TemporaryDirectory(prefix="moderator-bench-") as tmp:
+        folder = Path(tmp)
+        server = None
+        if opts.url_fraction > 0:
+            (folder / "images").mkdir()
+            server = _ImageServer(images, folder / "images")
+        pool = _Pool(inline, server.urls() if server else [], opts.url_fraction)
+        try:
+            phases = await _phases(
+                opts,
+                events,
+                bench_model.onnx_dir,
+                peer_dir,
+                policy,
+                pool,
+                topics,
+                folder,
+                report,
+                progress,
+            )
+        finally:
+            if server is not None:
+                server.stop()
+            if not opts.keep_topics:
+                with contextlib.suppress(Exception):
+                    await topics.delete()
+    report.rows = [p.row() for p in phases]
+    by = {(p.system, p.load): p for p in phases}
+    ours, naive = by.get(("ours", "max")), by.get(("naive", "max"))
+    ours_half, naive_half = by.get(("ours", "half")), by.get(("naive", "half"))
+    report.results = {
+        "ratio": ours.rate / naive.rate if ours and naive and naive.rate else None,
+        "peer": "naive" if naive else None,
+        "ours_verdicts_s": ours.rate if ours else None,
+        "naive_verdicts_s": naive.rate if naive else None,
+        "ours_half_load_p50_ms": percentile(ours_half.latencies_ms, 50) if ours_half else None,
+        "ours_half_load_p99_ms": percentile(ours_half.latencies_ms, 99) if ours_half else None,
+        "naive_half_load_p50_ms": percentile(naive_half.latencies_ms, 50) if naive_half else None,
+        "naive_half_load_p99_ms": percentile(naive_half.latencies_ms, 99) if naive_half else None,
+    }
+    if any(not p.complete for p in phases):
+        report.notes.append("some phase did not get every answer before its deadline")
+    report.notes.append(
+        "max load: N preloaded events, clock from ready (group joined) to the N-th answer; "
+        "half load: latency = verdict record timestamp - input record timestamp"
+    )
+    report.finish()
+    return report
+
+
+async def _phases(
+    opts: E2EOptions,
+    events: int,
+    onnx_dir: Path,
+    peer_dir: Path | None,
+    policy: Path,
+    pool: _Pool,
+    topics: _Topics,
+    folder: Path,
+    report: Report,
+    progress: Progress,
+) -> list[_Phase]:
+    phases: list[_Phase] = []
+    shared = await topics.group("max")
+    progress(f"preloading {events} events into {shared['input']}")
+    preload = await asyncio.to_thread(
+        _run_producers,
+        opts.broker,
+        shared["input"],
+        pool,
+        "max",
+        workers=opts.producers,
+        count=events,
+    )
+    report.config["preload_seconds"] = round(preload.seconds, 2)
+
+    # 1. ours at max load
+    collector = _Collector(opts.broker, shared["verdicts"], shared["dlq"], parse=True)
+    try:
+        phase, system = await _max_phase(
+            "ours",
+            lambda: _start_ours(
+                opts,
+                onnx_dir,
+                policy,
+                shared,
+                f"bench-ours-{uuid.uuid4().hex[:6]}",
+                folder / "ours-max.log",
+            ),
+            collector,
+            events,
+            opts.timeout,
+            progress,
+        )
+        metrics = await _scrape(system.metrics_url)
+        await system.stop()
+    finally:
+        await collector.stop()
+    phase.extra = {
+        "mean_batch": _batch_mean(metrics),
+        "stage_p50_ms": _stage_medians(collector.timings),
+        "decisions": collector.decisions,
+    }
+    phases.append(phase)
+    progress(f"ours: {phase.rate:.1f} verdicts/s")
+
+    # 2. the naive peer at max load, same events
+    if peer_dir is not None:
+        naive_topics = shared | {"verdicts": await topics.make("naive-verdicts", big=False)}
+        collector = _Collector(opts.broker, naive_topics["verdicts"], None, parse=True)
+        try:
+            phase, system = await _max_phase(
+                "naive",
+                lambda: _start_naive(
+                    opts,
+                    peer_dir,
+                    policy,
+                    naive_topics,
+                    f"bench-naive-{uuid.uuid4().hex[:6]}",
+                    folder / "naive-max.log",
+                ),
+                collector,
+                events,
+                opts.timeout,
+                progress,
+            )
+            await system.stop()
+        finally:
+            await collector.stop()
+        phase.extra = {"decisions": collector.decisions}
+        phases.append(phase)
+        progress(f"naive: {phase.rate:.1f} verdicts/s")
+
+    # 3. half load: latency
+    for p in list(phases):
+        if p.load != "max" or (p.system == "naive" and not opts.peer_latency):
+            continue
+        half = await topics.group(f"half-{p.system}")
+        collector = _Collector(opts.broker, half["verdicts"], half["dlq"], parse=False)
+        group = f"bench-{p.system}-half-{uuid.uuid4().hex[:6]}"
+        log = folder / f"{p.system}-half.log"
+        if p.system == "ours":
+
+            def start(h: dict[str, str] = half, g: str = group, lg: Path = log) -> _System:
+                return _start_ours(opts, onnx_dir, policy, h, g, lg)
+        else:
+            assert peer_dir is not None
+
+            def start(h: dict[str, str] = half, g: str = group, lg: Path = log) -> _System:
+                return _start_naive(opts, peer_dir, policy, h, g, lg)
+
+        try:
+            phases.append(
+                await _half_phase(
+                    p.system, start, collector, opts, pool, half["input"], p.rate / 2, progress
+                )
+            )
+        finally:
+            await collector.stop()
+    return phases

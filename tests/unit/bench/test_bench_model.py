@@ -1,0 +1,37 @@
+"""`moderator bench model`, run tiny: the JSON has its fields and the figures are positive.
+
+A smoke test, never a timing assertion: the bench prints figures, tests only check it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from moderator.bench.cli import app
+
+
+def test_bench_model_runs_tiny_and_reports_json(tmp_path: Path) -> None:
+    out = tmp_path / "model.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "model",
+            *("--model", "demo", "--batch", "1,2", "--seconds", "0.05", "--warmup", "1"),
+            *("--peers", "none", "--providers", "cpu", "--json", "--out", str(out)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data == json.loads(out.read_text())
+    assert data["bench"] == "model"
+    assert data["ratio"] is None  # no peer asked for
+    assert [r["batch"] for r in data["rows"]] == [1, 2]
+    for row in data["rows"]:
+        assert row["ours_img_s"] > 0
+        assert row["ours_ms"] > 0
+    assert data["config"]["provider"] == "cpu"
+    assert data["config"]["timing_includes_host_to_device"] is True
+    assert data["environment"]["cpu_count"] >= 1
