@@ -23,6 +23,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=scripts/lib/apt.sh
+source "$SCRIPT_DIR/lib/apt.sh"
 cd "$REPO_ROOT"
 
 # Pinned tool versions. Helm 3.22 is built with the Kubernetes 1.37 client libraries.
@@ -51,16 +53,6 @@ die() {
 
 # ---------------------------------------------------------------- tools
 
-as_root() {
-  if [[ $EUID -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root to run: $* (or install it yourself)"
-  fi
-}
-
 ensure_python_tools() {
   [[ -x $PY ]] || die "no Python at $PY: run 'make install' first, or set PY=/path/to/venv/bin/python"
   local bin_dir
@@ -85,21 +77,8 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 && return 0
   command -v apt-get >/dev/null 2>&1 || die "promtool not found and apt-get is unavailable; install Prometheus' promtool"
   say "promtool not found; installing Debian's prometheus package (apt-get; its server is not started)"
-  # The package's postinst would start a Prometheus server on :9090 through invoke-rc.d. A
-  # policy-rc.d that answers 101 forbids that; it is removed again if this script added it.
-  local policy=/usr/sbin/policy-rc.d added_policy=0 rc=0
-  if [[ ! -e $policy ]]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-    added_policy=1
-  fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
-  if ((rc == 0)); then
-    # No recommends: they would bring prometheus-node-exporter, another daemon.
-    as_root env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends prometheus >/dev/null || rc=$?
-  fi
-  ((added_policy)) && as_root rm -f "$policy"
-  ((rc == 0)) || die "apt-get install prometheus failed (exit $rc)"
+  # No recommends (apt_install_quietly's default): they would bring prometheus-node-exporter.
+  apt_install_quietly prometheus
   # Under systemd the unit would still be enabled for the next boot: only promtool is wanted.
   if [[ -d /run/systemd/system ]]; then
     as_root systemctl disable --now prometheus >/dev/null 2>&1 || true

@@ -35,6 +35,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=scripts/lib/apt.sh
+source "$SCRIPT_DIR/lib/apt.sh"
 KAFKA_POM=$SCRIPT_DIR/kafka/pom.xml
 KAFKA_READY_SRC=$SCRIPT_DIR/kafka/KafkaReady.java
 
@@ -156,35 +158,11 @@ require_java() {
     die "javac not found (java is only a JRE); install a JDK: apt-get install -y openjdk-17-jdk-headless"
 }
 
-as_root() {
-  if [[ $EUID -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root to run: $* (run as root, or install redis-server yourself)"
-  fi
-}
-
 install_redis() {
   command -v apt-get >/dev/null 2>&1 ||
     die "redis-server not found and apt-get is unavailable; install Redis 7 so 'redis-server' is on PATH"
   say "redis-server not found; installing Debian's redis-server (apt-get)"
-  # The package's postinst would start a system-wide Redis on 6379 through invoke-rc.d where
-  # no policy forbids it; that daemon would then squat on our port. Forbid it for this install.
-  local policy=/usr/sbin/policy-rc.d added_policy=0
-  if [[ ! -e $policy ]]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-    added_policy=1
-  fi
-  local rc=0
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || rc=$?
-  if ((rc == 0)); then
-    as_root env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends redis-server >/dev/null || rc=$?
-  fi
-  ((added_policy)) && as_root rm -f "$policy"
-  ((rc == 0)) || die "apt-get install redis-server failed (exit $rc)"
+  apt_install_quietly redis-server
   command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after install"
 }
 
