@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP_ALL := $(VENV)/.installed-all
 STAMP_RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: help install install-runtime services services-down services-status lint lint-deploy test test-unit demo schema clean
+.PHONY: help install install-runtime services services-down services-status lint lint-deploy test test-unit demo chaos schema clean
 
 help:
 	@echo "make demo             set everything up and run the demo (services, model, events, verdicts)"
@@ -17,6 +17,7 @@ help:
 	@echo "make install          venv at .venv with the runtime, export and dev extras"
 	@echo "make services         start Kafka (KRaft) and Redis locally; services-down / services-status"
 	@echo "make lint             ruff + mypy; make lint-deploy: helm, kubernetes schemas, promtool"
+	@echo "make chaos            the full fault suite; rewrites docs/reliability.md"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
@@ -65,6 +66,11 @@ test-unit: install
 
 demo: install-runtime services
 	$(PY) -m moderator demo
+
+# The full fault suite (20k events, 5 scenarios, private broker and Redis on other ports);
+# it rewrites docs/reliability.md. A bounded version runs in `make test`.
+chaos: install
+	$(PY) -m moderator.chaos --events 20000 --report docs/reliability.md
 
 schema: install
 	$(PY) -m moderator.policy.schema > policies/schema.json

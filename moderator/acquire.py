@@ -582,6 +582,10 @@ class Fetcher:
         host = _normalize_host(url.raw_host.decode("ascii"))
         if not host:
             raise AcquireError(f"{shown}: URL has no host")
+        try:
+            url.host  # noqa: B018 - IDNA-decodes the name, as httpx does when sending
+        except ValueError as exc:  # idna.IDNAError (a UnicodeError) on malformed xn-- labels
+            raise AcquireError(f"{shown}: invalid host name ({exc})") from None
         if not self._policy.host_allowed(host):
             raise FetchBlocked(f"{shown}: host {host} is not in the fetch allowlist")
         if self._policy.allow_private:

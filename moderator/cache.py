@@ -21,6 +21,7 @@ from moderator.log import get
 
 log = get("cache")
 _PREFIX = "moderator"
+_MAX_CONNECTIONS = 32  # commands take well under a millisecond; more sockets buy nothing
 
 
 class RedisEmbeddingCache:
@@ -36,9 +37,17 @@ class RedisEmbeddingCache:
         clock: Callable[[], float] = time.monotonic,
         prefix: str = _PREFIX,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        # A pool that queues callers: with hundreds of events in flight a burst must wait a
+        # moment for a connection. redis-py's plain pool raises MaxConnectionsError past its
+        # limit (100 in redis-py 8) instead, which tripped the breaker on every burst.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
+        self._client = aioredis.Redis.from_pool(pool)
         self._prefix = prefix
         self._retry_after_s = retry_after_s
         self._down_until = 0.0

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from moderator.errors import EventError, TooLarge
 
 MAX_ID_LENGTH = 256  # ids are Kafka keys and Redis-free log fields: keep them short
+MAX_METADATA_BYTES = 64 * 1024  # echoed in every verdict: bounded so verdicts stay publishable
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -80,6 +81,17 @@ class JsonEvent(BaseModel):
                 raise ValueError("must be an ISO 8601 timestamp") from exc
         return value
 
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Verdicts echo metadata; unbounded, it could make a verdict too large to publish
+        # (ASCII-escaped, non-ASCII text grows up to 6x), which no retry can fix.
+        if value is not None:
+            size = len(json.dumps(value))
+            if size > MAX_METADATA_BYTES:
+                raise ValueError(f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
+        return value
+
     @model_validator(mode="after")
     def _one_image(self) -> JsonEvent:
         if (self.image_url is None) == (self.image_b64 is None):
@@ -113,8 +125,11 @@ def parse_event(value: bytes | None, headers: Headers, *, max_bytes: int) -> Ima
         raise EventError("empty record value: expected a JSON event or a CloudEvent")
     try:
         raw = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"value is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
+        # 4300-digit limit; RecursionError is nesting deeper than the interpreter's stack.
+        # Anything escaping here would stop the service on every redelivery of the record.
+        raise EventError(f"value is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(raw, dict):
         raise EventError(f"value must be a JSON object, got {type(raw).__name__}")
     try:

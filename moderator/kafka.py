@@ -12,6 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from moderator.errors import ConfigError
@@ -19,6 +20,8 @@ from moderator.log import get
 from moderator.settings import KafkaSettings
 
 log = get("kafka")
+# Kafka's default message.max.bytes: the largest record batch a topic takes unless configured.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -102,3 +105,31 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
         ]
     finally:
         await producer.stop()
+
+
+async def max_message_bytes(settings: KafkaSettings, topic: str) -> int:
+    """The largest record batch `topic` accepts (its max.message.bytes), asked of the brokers.
+
+    A record over it is refused by the broker, and with idempotence on, aiokafka's producer
+    then fails every later send to that partition (OutOfOrderSequenceNumber), so publishers
+    check sizes against this before sending. Kafka's default when the brokers do not say.
+    """
+    admin = AIOKafkaAdminClient(**_common(settings))
+    await admin.start()
+    try:
+        wanted = ConfigResource(
+            ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None}
+        )
+        for response in await admin.describe_configs([wanted]):
+            for resource in response.to_object()["resources"]:
+                for entry in resource["config_entries"]:
+                    if entry["config_names"] == "max.message.bytes":
+                        return int(entry["config_value"])
+    except (KafkaError, KeyError, ValueError) as exc:
+        log.warning(
+            "could not read max.message.bytes; assuming Kafka's default",
+            extra={"fields": {"topic": topic, "error": str(exc)}},
+        )
+    finally:
+        await admin.close()
+    return DEFAULT_MAX_MESSAGE_BYTES

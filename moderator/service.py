@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ from moderator.verdict import build_verdict
 log = get("service")
 _COMMIT_INTERVAL_S = 1.0  # bounds re-delivery after a crash to about a second of work
 _LAG_INTERVAL_S = 5.0
+_DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must lose its payload
+# Upper bound of what Kafka adds around one record: batch header (61 bytes), record framing
+# (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
+_BATCH_OVERHEAD = 96
+_HEADER_OVERHEAD = 10
 _TP = tuple[str, int]
 
 
@@ -83,6 +89,7 @@ class Service:
         self._batcher: Batcher | None = None
         self._decode_pool: ProcessPoolExecutor | None = None
         self._spec: PreprocessSpec | None = None
+        self._dlq_limit = kafka.DEFAULT_MAX_MESSAGE_BYTES
         self.http: HealthServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,6 +184,7 @@ class Service:
             topics.append(s.kafka.embeddings_topic)
         if s.kafka.create_topics:
             await kafka.ensure_topics(s.kafka, topics)
+        self._dlq_limit = await kafka.max_message_bytes(s.kafka, s.kafka.dlq_topic)
         producer = kafka.make_producer(s.kafka)
         await producer.start()
         self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic)
@@ -411,19 +419,7 @@ class Service:
             self._count_verdict(verdict, event)
         except ModeratorError as exc:
             attempts = int(getattr(exc, "attempts", attempts))
-            await self._publisher.dead_letter(
-                record.key,
-                record.value,
-                dlq_headers(
-                    record.headers,
-                    reason=exc.reason,
-                    detail=str(exc),
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    attempts=attempts,
-                ),
-            )
+            await self._dead_letter(record, exc, attempts)
             self.metrics.dlq.labels(exc.reason.value).inc()
             log.info(
                 "dead-lettered",
@@ -439,6 +435,34 @@ class Service:
         self.tracker.finished(record.topic, record.partition, record.offset)
         if record.timestamp and record.timestamp > 0:
             self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], exc: ModeratorError, attempts: int
+    ) -> None:
+        assert self._publisher is not None
+
+        def headers(original: Sequence[tuple[str, bytes]], detail: str) -> list[tuple[str, bytes]]:
+            return dlq_headers(
+                original,
+                reason=exc.reason,
+                detail=detail,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                attempts=attempts,
+            )
+
+        full = headers(record.headers, str(exc))
+        if _record_size(record.key, record.value, full) <= self._dlq_limit:
+            await self._publisher.dead_letter(record.key, record.value, full)
+            return
+        # The record plus our headers is over the DLQ topic's limit (the record may sit at the
+        # input topic's limit already). Sending it would fail on the broker and leave the
+        # idempotent producer failing every later send: dead-letter it without its bytes.
+        size = len(record.key or b"") + len(record.value or b"")
+        note = f"original key, value and headers ({size} bytes) dropped: over the DLQ limit"
+        key = (record.key or b"")[:_DLQ_KEY_LIMIT] or None
+        await self._publisher.dead_letter(key, None, headers([], f"{note}; {exc}"))
 
     async def _acquire(self, event: ImageEvent, timings: dict[str, float]) -> tuple[bytes, int]:
         if event.image_bytes is not None:
@@ -502,6 +526,12 @@ class Service:
         self.metrics.policy_reload_failing.set(0 if ok else 1)
         if ok and version:
             self.metrics.policy_info.info({"name": name or "", "version": version})
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """A record's size on the wire as a batch of one, uncompressed, rounded up."""
+    fields = sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+    return len(key or b"") + len(value or b"") + fields + _BATCH_OVERHEAD
 
 
 def run_service(config_file: Path | None = None, environ: dict[str, str] | None = None) -> int:
