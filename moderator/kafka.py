@@ -76,7 +76,14 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
 async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
     """Create missing topics; returns the ones created. Existing topics are left untouched."""
     admin = AIOKafkaAdminClient(**_common(settings))
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} ({exc}); check "
+            "MODERATOR_KAFKA__BOOTSTRAP_SERVERS and the security settings (protocol, SASL, CA)"
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]

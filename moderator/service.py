@@ -244,7 +244,10 @@ class Service:
             except Exception:  # closing must go on for the rest
                 log.exception("error while closing")
         if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            # Wait for the workers to exit: a pool abandoned with wait=False can leave its
+            # forkserver and a worker blocked on each other's pipes after this process ends.
+            # Decodes are bounded by the pixel limit, so this returns promptly.
+            await asyncio.to_thread(self._decode_pool.shutdown, wait=True, cancel_futures=True)
 
     # -- consuming -------------------------------------------------------------------------
 
