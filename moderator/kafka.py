@@ -140,3 +140,25 @@ async def max_message_bytes(settings: KafkaSettings, topic: str) -> int:
     finally:
         await admin.close()
     return DEFAULT_MAX_MESSAGE_BYTES
+
+
+async def open_reader(
+    settings: KafkaSettings, topics: list[str], *, from_start: bool = True, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A started consumer assigned every partition of `topics`, with no group.
+
+    For tools that watch output topics (demo, benchmarks, the fault suite, tests): without a
+    group it never joins, rebalances or commits anything of the service's. Positioned at the
+    oldest records (`from_start`) or at the current end, resolved before this returns.
+    """
+    parts = await topic_partitions(settings, topics)
+    consumer = make_consumer(settings, group_id=None, **overrides)
+    await consumer.start()
+    consumer.assign(parts)
+    if from_start:
+        await consumer.seek_to_beginning(*parts)
+    else:
+        await consumer.seek_to_end(*parts)
+        for tp in parts:
+            await consumer.position(tp)
+    return consumer

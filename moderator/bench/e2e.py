@@ -52,7 +52,7 @@ from moderator.bench.model import B32, resolve_bench_model
 from moderator.bench.report import Column, Report
 from moderator.embed.paths import DEMO_NAME
 from moderator.errors import ConfigError
-from moderator.kafka import topic_partitions
+from moderator.kafka import open_reader
 from moderator.settings import KafkaSettings
 
 __all__ = ["E2EOptions", "default_events", "percentile", "run_e2e_bench"]
@@ -263,18 +263,11 @@ class _Collector:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
+        self._consumer = await open_reader(
+            KafkaSettings(bootstrap_servers=self._bootstrap),
+            self._topics,
             max_partition_fetch_bytes=MAX_RECORD_BYTES,
         )
-        await consumer.start()
-        parts = await topic_partitions(
-            KafkaSettings(bootstrap_servers=self._bootstrap), self._topics
-        )
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        self._consumer = consumer
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

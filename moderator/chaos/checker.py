@@ -76,12 +76,7 @@ class Checker:
         return len(self.answers)
 
     async def start(self) -> None:
-        parts = await kafka.topic_partitions(self._settings, [self._verdict_topic, self._dlq_topic])
-        # No group: offsets are never committed and the service's group is left alone.
-        consumer = kafka.make_consumer(self._settings, group_id=None)
-        await consumer.start()
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        consumer = await kafka.open_reader(self._settings, [self._verdict_topic, self._dlq_topic])
         self._consumer = consumer
         self._task = asyncio.create_task(self._read(consumer), name="chaos-checker")
 

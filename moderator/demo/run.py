@@ -158,14 +158,6 @@ def plan_events(
     return planned, served
 
 
-async def _end_offsets(consumer: AIOKafkaConsumer, settings: Settings, topics: list[str]) -> None:
-    partitions = await kafka.topic_partitions(settings.kafka, topics)
-    consumer.assign(partitions)
-    await consumer.seek_to_end(*partitions)
-    for tp in partitions:
-        await consumer.position(tp)  # resolve now, before the demo publishes anything
-
-
 async def _collect(
     consumer: AIOKafkaConsumer, settings: Settings, ids: set[str], answers: _Answers
 ) -> None:
@@ -229,14 +221,15 @@ async def run_demo(
             settings.kafka,
             [settings.kafka.input_topic, settings.kafka.verdict_topic, settings.kafka.dlq_topic],
         )
-        watcher = kafka.make_consumer(settings.kafka, group_id=None, enable_auto_commit=False)
-        await watcher.start()
+        # Positioned at the end before anything is published: only this run's answers count.
+        watcher = await kafka.open_reader(
+            settings.kafka,
+            [settings.kafka.verdict_topic, settings.kafka.dlq_topic],
+            from_start=False,
+        )
         service = Service(settings)
         service_task = asyncio.create_task(service.run(), name="service")
         try:
-            await _end_offsets(
-                watcher, settings, [settings.kafka.verdict_topic, settings.kafka.dlq_topic]
-            )
             out.write(
                 f"publishing {len(planned)} events to {settings.kafka.input_topic} "
                 f"({inline} inline, {by_url} by URL from {server.base}, 1 CloudEvent, "
