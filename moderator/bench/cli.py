@@ -71,6 +71,13 @@ def model(
     compile_mode: Annotated[
         str, typer.Option(help="torch.compile mode: default, reduce-overhead, max-autotune.")
     ] = "default",
+    pixels: Annotated[
+        str,
+        typer.Option(
+            help="Where the input batch waits: host (both sides copy it up) or device "
+            "(already in GPU memory, as after GPU decode)."
+        ),
+    ] = "host",
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:
@@ -91,6 +98,7 @@ def model(
             peer_model=peer_model,
             threads=threads,
             compile_mode=compile_mode,
+            pixels_on=pixels,
         )
     except ModeratorError as exc:
         raise _fail(exc) from exc

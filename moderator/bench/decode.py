@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Final
@@ -150,8 +151,12 @@ def gpu_decoder() -> tuple[str, Callable[[list[bytes], str], list[Any]]] | None:
         return None
 
     def decode_vision(images: list[bytes], device: str) -> list[Any]:
-        # bytearray: torch.frombuffer warns on read-only buffers such as bytes.
-        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
+        # Zero-copy views of the bytes: the decoder only reads them. torch warns that they
+        # are not writable; copying each into a bytearray instead costs a sixth of the rate
+        # (9.1k vs 11.0k img/s on an H200, batches of 128).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given buffer is not writable")
+            tensors = [torch.frombuffer(b, dtype=torch.uint8) for b in images]
         out: list[Any] = vision_decode(tensors, mode=ImageReadMode.RGB, device=device)
         return out
 

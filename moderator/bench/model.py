@@ -39,6 +39,7 @@ from moderator.errors import ConfigError
 __all__ = [
     "B32",
     "PEERS",
+    "PIXELS_ON",
     "BenchModel",
     "Timing",
     "auto_precision",
@@ -51,7 +52,11 @@ __all__ = [
 
 B32: Final = "b32"
 PEERS: Final = ("eager", "compile")
+PIXELS_ON: Final = ("host", "device")
 B32_DIR: Final = "clip-vit-b32-random"
+# Part of the cached export's directory name: bump it when `export_clip`'s graphs change, so a
+# bench never times a stale export.
+EXPORT_REVISION: Final = 2
 # The demo model's PyTorch checkpoint, written by the demo training run (not committed).
 DEMO_HF: Final = Path(".run") / "demo-hf"
 # At least this many timed calls, however long they take: one call is no measurement.
@@ -133,7 +138,7 @@ def resolve_bench_model(
 def _random_b32(precision: str, progress: Progress) -> tuple[Path, Path]:
     """The random ViT-B/32 checkpoint and its export, made on first use (a minute or two)."""
     base = bench_cache_dir() / B32_DIR
-    hf_dir, onnx_dir = base / "hf", base / f"onnx-{precision}"
+    hf_dir, onnx_dir = base / "hf", base / f"onnx-{precision}-r{EXPORT_REVISION}"
     if not (hf_dir / "config.json").is_file():
         from moderator.export.random_clip import clip_config, save_random_clip
 
@@ -190,10 +195,11 @@ def _normalization(hf_dir: Path) -> tuple[list[float], list[float], float]:
 
 def torch_encoder(
     hf_dir: Path, *, device: str, half: bool, compile_graph: bool, compile_mode: str = "default"
-) -> Callable[[NDArray[np.uint8]], NDArray[np.float32]]:
-    """The PyTorch peer: (n, S, S, 3) uint8 host pixels → (n, dim) float32 host embeddings,
-    through HF CLIPModel's vision tower and projection (`get_image_features` returns an output
-    object in transformers 5.x, so the two modules are called directly)."""
+) -> Callable[[Any], NDArray[np.float32]]:
+    """The PyTorch peer: (n, S, S, 3) uint8 pixels (a host array, or a tensor already on
+    `device`) → (n, dim) float32 host embeddings, through HF CLIPModel's vision tower and
+    projection (`get_image_features` returns an output object in transformers 5.x, so the two
+    modules are called directly)."""
     import torch
     from transformers import CLIPModel
     from transformers.utils import logging as hf_logging
@@ -216,13 +222,26 @@ def torch_encoder(
     # dynamic=False: one graph specialised per batch size, as a fixed-batch deployment has.
     run = torch.compile(forward, dynamic=False, mode=compile_mode) if compile_graph else forward
 
-    def encode(pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
+    def encode(pixels: Any) -> NDArray[np.float32]:
         with torch.inference_mode():
-            out = run(torch.from_numpy(pixels).to(device))
+            if not isinstance(pixels, torch.Tensor):
+                pixels = torch.from_numpy(pixels).to(device)
+            out = run(pixels)
             result: NDArray[np.float32] = out.float().cpu().numpy()  # .cpu() waits for the GPU
         return result
 
     return encode
+
+
+def _on_device(pixels: NDArray[np.uint8]) -> Any:
+    """The batch as a CUDA tensor, written and synchronized before any timing starts."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--pixels device needs torch with CUDA to place the batch")
+    tensor = torch.from_numpy(pixels).to("cuda")
+    torch.cuda.synchronize()
+    return tensor
 
 
 def _cosine(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
@@ -255,12 +274,15 @@ def run_model_bench(
     peer_model: Path | None = None,
     threads: int = 0,
     compile_mode: str = "default",
+    pixels_on: str = "host",
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:
     """Time ours and each peer at each batch size; the report's `ratio` is ours ÷ the last
     named peer (compile, when asked for) at the largest batch. `threads` > 0 sets the CPU
-    threads of both ONNX Runtime and torch (0: each library's default)."""
+    threads of both ONNX Runtime and torch (0: each library's default). `pixels_on` "device"
+    puts the input batch in GPU memory before timing, as a GPU decoder leaves it, so neither
+    side pays the host→device copy ("host": both do)."""
     from moderator.embed import load_model
 
     if not batches or min(batches) < 1:
@@ -268,6 +290,8 @@ def run_model_bench(
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         raise ConfigError(f"unknown peer(s) {unknown}; use {list(PEERS)} or none")
+    if pixels_on not in PIXELS_ON:
+        raise ConfigError(f"--pixels must be one of {list(PIXELS_ON)}, got {pixels_on!r}")
     if precision == "auto":
         precision = auto_precision(providers)
     bench_model = resolve_bench_model(
@@ -284,6 +308,8 @@ def run_model_bench(
         verify=False,
     )
     gpu = runtime.provider in ("cuda", "tensorrt")
+    if pixels_on == "device" and not gpu:
+        raise ConfigError(f"--pixels device needs a GPU provider; ours runs on {runtime.provider}")
     report.config = {
         "model": model,
         "onnx_dir": str(bench_model.onnx_dir),
@@ -298,10 +324,10 @@ def run_model_bench(
         "peers": list(peers),
         "threads": threads or None,
         "compile_mode": compile_mode,
-        "timing_includes_host_to_device": True,
-        "input": "uint8 NHWC in host memory; embeddings returned to host memory as float32",
+        "timing_includes_host_to_device": pixels_on == "host",
+        "input": f"uint8 NHWC in {pixels_on} memory; embeddings returned to host memory as float32",
     }
-    encoders: dict[str, Callable[[NDArray[np.uint8]], NDArray[np.float32]]] = {}
+    encoders: dict[str, Callable[[Any], NDArray[np.float32]]] = {}
     if peers and bench_model.hf_dir is None:
         report.notes.append(
             "peers skipped: no PyTorch checkpoint for this model (pass --peer-model DIR)"
@@ -332,16 +358,22 @@ def run_model_bench(
     rng = np.random.default_rng(seed)
     size = runtime.image_size
     for batch in batches:
-        pixels = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        progress(f"batch {batch}: ours ({runtime.provider})")
-        ours = time_calls(partial(runtime.encode_pixels, pixels), seconds=seconds, warmup=warmup)
+        host = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        pixels: Any = host
+        encode_ours: Callable[[Any], NDArray[np.float32]] = runtime.encode_pixels
+        if pixels_on == "device":
+            pixels, encode_ours = _on_device(host), runtime.encode_device_pixels
+        progress(f"batch {batch}: ours ({runtime.provider}, pixels in {pixels_on} memory)")
+        ours = time_calls(partial(encode_ours, pixels), seconds=seconds, warmup=warmup)
         row: dict[str, Any] = {
             "batch": batch,
             "ours_img_s": ours.per_second(batch),
             "ours_ms": ours.p50_s * 1000,
             "ours_iterations": ours.iterations,
         }
-        reference = runtime.encode_pixels(pixels)
+        reference = runtime.encode_pixels(host)
+        if pixels_on == "device":  # the in-place device binding must see the same pixels
+            row["ours_device_min_cosine_vs_host"] = _cosine(reference, encode_ours(pixels))
         for peer, encode in encoders.items():
             progress(f"batch {batch}: {peer}")
             started = time.perf_counter()

@@ -132,6 +132,40 @@ class ClipRuntime:
             return np.zeros((0, self.embed_dim), np.float32)
         return self._run(self._vision, {PIXELS: np.ascontiguousarray(pixels)})
 
+    def encode_device_pixels(self, pixels: Any) -> Embeddings:
+        """(n, S, S, 3) uint8 pixels already in this runtime's GPU memory → embeddings.
+
+        `pixels` is anything exposing `__cuda_array_interface__` (a torch CUDA tensor, a CuPy
+        array, a GPU decoder's output), C-contiguous. The graph reads it in place: no host
+        round trip, which at batch 256 is a third of the time `encode_pixels` spends. ONNX
+        Runtime runs on its own stream, so the producer must have finished writing (e.g.
+        `torch.cuda.current_stream().synchronize()`) before this call.
+        """
+        if self._bind_device is None:
+            raise ModelError(
+                f"device pixels need a GPU provider; this runtime runs on {self.provider}"
+            )
+        interface = getattr(pixels, "__cuda_array_interface__", None)
+        if not isinstance(interface, dict):
+            raise ValueError(f"{type(pixels).__name__} exposes no __cuda_array_interface__")
+        shape = tuple(int(d) for d in interface["shape"])
+        size = self.image_size
+        if interface["typestr"] != "|u1":
+            raise ValueError(f"device pixels must be uint8, got typestr {interface['typestr']!r}")
+        if len(shape) != 4 or shape[1:] != (size, size, 3):
+            raise ValueError(f"pixels must have shape (n, {size}, {size}, 3), got {shape}")
+        if not _c_contiguous(shape, interface.get("strides")):
+            raise ValueError("device pixels must be C-contiguous (call .contiguous() first)")
+        if shape[0] == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        binding = self._vision.io_binding()
+        pointer = int(interface["data"][0])
+        binding.bind_input(PIXELS, "cuda", self._device_id, np.uint8, list(shape), pointer)
+        binding.bind_output(EMBEDDINGS, "cuda", self._device_id)
+        self._vision.run_with_iobinding(binding)
+        result: Embeddings = np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return result
+
     def encode_images(self, images: list[bytes]) -> Embeddings:
         """Decode + preprocess + embed; the first bad image raises its DecodeError."""
         if not images:
@@ -176,6 +210,17 @@ class ClipRuntime:
             out = binding.copy_outputs_to_cpu()[0]
         result: Embeddings = np.asarray(out, dtype=np.float32)
         return result
+
+
+def _c_contiguous(shape: tuple[int, ...], strides: Sequence[int] | None) -> bool:
+    """`__cuda_array_interface__` gives strides None for C order, or byte strides (uint8)."""
+    if strides is None:
+        return True
+    expected, step = [], 1
+    for dim in reversed(shape):
+        expected.append(step)
+        step *= dim
+    return all(s == e for s, e, d in zip(strides, reversed(expected), shape, strict=True) if d > 1)
 
 
 def _check_graph(

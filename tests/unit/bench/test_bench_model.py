@@ -35,3 +35,24 @@ def test_bench_model_runs_tiny_and_reports_json(tmp_path: Path) -> None:
     assert data["config"]["provider"] == "cpu"
     assert data["config"]["timing_includes_host_to_device"] is True
     assert data["environment"]["cpu_count"] >= 1
+
+
+def test_device_pixels_on_a_cpu_provider_is_a_clear_config_error() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "model",
+            *("--model", "demo", "--batch", "1", "--seconds", "0.01", "--peers", "none"),
+            *("--providers", "cpu", "--pixels", "device"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--pixels device needs a GPU provider" in result.output
+
+
+def test_unknown_pixels_place_is_refused() -> None:
+    result = CliRunner().invoke(
+        app, ["model", "--model", "demo", "--providers", "cpu", "--pixels", "pinned"]
+    )
+    assert result.exit_code == 2
+    assert "--pixels must be one of ['host', 'device']" in result.output

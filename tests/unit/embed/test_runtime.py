@@ -147,3 +147,55 @@ def test_resolve_model_path(tmp_path: Path, tiny_model: Path) -> None:
     else:
         with pytest.raises(ModelError, match="demo model is not installed"):
             resolve_model_path("demo")
+
+
+class _DeviceArray:
+    """Stands in for a CUDA array: only the interface `encode_device_pixels` reads."""
+
+    def __init__(self, shape: tuple[int, ...], typestr: str = "|u1", strides: object = None):
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0, False),
+            "strides": strides,
+            "version": 3,
+        }
+
+
+def test_device_pixels_need_a_gpu_provider(runtime: ClipRuntime) -> None:
+    with pytest.raises(ModelError, match="need a GPU provider; this runtime runs on cpu"):
+        runtime.encode_device_pixels(_DeviceArray((1, SIZE, SIZE, 3)))
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((1, SIZE, SIZE, 3), np.uint8), "exposes no __cuda_array_interface__"),
+        (_DeviceArray((1, SIZE, SIZE, 3), typestr="<f4"), "must be uint8"),
+        (_DeviceArray((1, 3, SIZE, SIZE)), "must have shape"),
+        (_DeviceArray((2, SIZE, SIZE, 3), strides=(3, 2 * SIZE * 3, 6, 1)), "C-contiguous"),
+    ],
+)
+def test_device_pixels_are_checked_before_binding(
+    runtime: ClipRuntime, monkeypatch: pytest.MonkeyPatch, array: object, message: str
+) -> None:
+    monkeypatch.setattr(runtime, "_bind_device", "cuda")  # as if CUDA ran the graph
+    with pytest.raises(ValueError, match=message):
+        runtime.encode_device_pixels(array)
+
+
+@pytest.mark.parametrize(
+    ("shape", "strides", "expected"),
+    [
+        ((2, 4, 4, 3), None, True),
+        ((2, 4, 4, 3), (48, 12, 3, 1), True),
+        ((1, 4, 4, 3), (999, 12, 3, 1), True),  # a size-1 dimension's stride is free
+        ((2, 4, 4, 3), (48, 3, 12, 1), False),
+    ],
+)
+def test_c_contiguity_of_device_arrays(
+    shape: tuple[int, ...], strides: tuple[int, ...] | None, expected: bool
+) -> None:
+    from moderator.embed.runtime import _c_contiguous
+
+    assert _c_contiguous(shape, strides) is expected

@@ -138,6 +138,17 @@ def test_unoptimized_export_has_only_standard_ops(tiny: Path, tmp_path: Path) ->
     assert manifest.parity["text"] >= 0.9999
 
 
+def test_patch_embedding_is_one_matmul_on_nhwc_pixels(tiny: Path, tmp_path: Path) -> None:
+    """No Conv and no NCHW transpose of the input: the patch embedding is reshape + MatMul."""
+    out = export_clip(str(tiny), tmp_path, optimize=False, progress=_quiet)
+    graph = onnx.load(str(out / "vision.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Conv" not in ops
+    first = next(n for n in graph.node if "pixels" in n.input)
+    assert first.op_type == "Cast"  # uint8 pixels go straight to the patch reshape
+    assert read_manifest(out).parity["vision"] >= 0.9999
+
+
 def test_manifest_describes_the_export(tiny: Path, tmp_path: Path) -> None:
     lines: list[str] = []
     out = export_clip(str(tiny), tmp_path, progress=lines.append, name="tiny-clip")
