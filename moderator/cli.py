@@ -83,7 +83,12 @@ def export(
     out: Annotated[Path, typer.Option(help="Directory to write the ONNX model into.")] = Path(
         "models/clip-vit-base-patch32"
     ),
-    precision: Annotated[str, typer.Option(help="fp32 or fp16.")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32; fp16 (GPUs); int8 (CPUs: image tower dynamically quantized, ~3× faster)."
+        ),
+    ] = "fp32",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     optimize: Annotated[
         bool, typer.Option(help="Fuse attention/layer-norm with the ORT transformers optimizer.")
@@ -93,8 +98,8 @@ def export(
     ] = None,
 ) -> None:
     """Export a CLIP checkpoint to ONNX (needs the `export` extra: torch + transformers)."""
-    if precision not in ("fp32", "fp16"):
-        raise _fail(ConfigError(f"--precision must be fp32 or fp16, got {precision!r}"))
+    if precision not in ("fp32", "fp16", "int8"):
+        raise _fail(ConfigError(f"--precision must be fp32, fp16 or int8, got {precision!r}"))
     try:
         from moderator.export.clip import export_clip
     except ImportError as exc:

@@ -54,7 +54,7 @@ def model(
     ),
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32,256",
     precision: Annotated[
-        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp16 or fp32; b32 only.")
+        str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp16, fp32 or int8; b32 only.")
     ] = "auto",
     providers: Annotated[str, typer.Option(help="ONNX Runtime providers, in order.")] = (
         "cuda,cpu"
@@ -85,8 +85,8 @@ def model(
     from moderator.bench.model import run_model_bench
 
     try:
-        if precision not in ("auto", "fp16", "fp32"):
-            raise ConfigError(f"--precision must be auto, fp16 or fp32, got {precision!r}")
+        if precision not in ("auto", "fp16", "fp32", "int8"):
+            raise ConfigError(f"--precision must be auto, fp16, fp32 or int8, got {precision!r}")
         report = run_model_bench(
             model,
             batches=_ints(batch, "--batch"),
@@ -164,7 +164,7 @@ def e2e(
     providers: Annotated[str, typer.Option(help="ONNX Runtime providers, in order.")] = (
         "cuda,cpu"
     ),
-    precision: Annotated[str, typer.Option(help="auto, fp16 or fp32 (b32 only).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp16, fp32 or int8 (b32 only).")] = "auto",
     policy: Annotated[
         Path | None, typer.Option(help="Policy (default policies/demo.yaml or default.yaml).")
     ] = None,
@@ -187,8 +187,8 @@ def e2e(
         extra = dict(_pair(item) for item in service_env or [])
         if peer not in ("naive", "none"):
             raise ConfigError(f"--peer must be naive or none, got {peer!r}")
-        if precision not in ("auto", "fp16", "fp32"):
-            raise ConfigError(f"--precision must be auto, fp16 or fp32, got {precision!r}")
+        if precision not in ("auto", "fp16", "fp32", "int8"):
+            raise ConfigError(f"--precision must be auto, fp16, fp32 or int8, got {precision!r}")
         options = E2EOptions(
             model=model,
             events=events,

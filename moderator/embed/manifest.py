@@ -80,7 +80,9 @@ class Manifest(BaseModel):
         description="How the text graph finds the pooled token: HF CLIP's two conventions."
     )
     logit_scale: float = Field(gt=0, description="exp(logit_scale) of the checkpoint.")
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        description="fp32, fp16, or int8 (vision tower dynamically quantized; text stays fp32)."
+    )
     opset: int
     optimized: Optimization
     parity: dict[str, float] = Field(

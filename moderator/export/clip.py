@@ -58,15 +58,17 @@ from moderator.errors import ModelError
 __all__ = ["DEFAULT_MODEL", "export_clip"]
 
 DEFAULT_MODEL: Final = "openai/clip-vit-base-patch32"
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 # onnxruntime 1.31 loads IR ≤ 10; newer onnx packages stamp 11+ by default.
 MAX_IR_VERSION: Final = 10
 # protobuf's hard limit is 2 GiB; above this a graph's weights go to a side file.
 _EXTERNAL_DATA_BYTES: Final = 1_800_000_000
 # Lowest cosine (ONNX vs PyTorch) accepted on the probe inputs. fp16 keeps ~3 significant
-# digits per op, so 1e-3 is its budget; fp32 differs only by op order and fused kernels.
-MIN_COSINE: Final[dict[str, float]] = {"fp32": 0.9999, "fp16": 0.999}
+# digits per op, so 1e-3 is its budget; fp32 differs only by op order and fused kernels;
+# int8 rounds every activation entering a matrix product to 256 levels (random-weight
+# ViT-B/32: 0.9998 with per-channel weights).
+MIN_COSINE: Final[dict[str, float]] = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
 # Probe texts for tokenizer and parity checks; ones over a model's context are skipped.
 _PROBE_TEXTS: Final = (
     "a photo of a cat",
@@ -378,6 +380,39 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
+def _to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8: MatMul and Attention weights quantized per output channel ahead of time,
+    activations per batch at run time (DynamicQuantizeLinear). A CPU format: on a 2-core AVX-512
+    VNNI machine the ViT-B/32 vision tower runs 3× faster than fp32 (61 vs 20 img/s, batch 32).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = _copy(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        # The optimizer's fused ops need the import for onnx's shape inference to pass them.
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    with tempfile.TemporaryDirectory(prefix="moderator-int8-") as tmp:
+        path = Path(tmp) / "int8.onnx"
+        quantize_dynamic(
+            model,
+            path,
+            op_types_to_quantize=["MatMul", "Attention"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # Outputs of com.microsoft ops have no inferred type; they are all float here.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return onnx.load(str(path))
+
+
+def _convert(model: onnx.ModelProto, precision: Precision) -> onnx.ModelProto:
+    if precision == "fp16":
+        return _to_fp16(model)
+    if precision == "int8":
+        return _to_int8(model)
+    return model
+
+
 def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     return model
@@ -533,7 +568,7 @@ def _build_graph(
     threshold = MIN_COSINE[precision]
     worst = 0.0
     for model, fused in attempts:
-        candidate = _to_fp16(model) if precision == "fp16" else model
+        candidate = _convert(model, precision)
         _save(_finalize(candidate), path)
         worst = _cosines(_run_onnx(path, feeds), reference)
         progress(f"  {name}: parity with PyTorch, min cosine {worst:.6f} ({precision})")
@@ -570,7 +605,7 @@ def export_clip(
     disagrees with PyTorch.
     """
     if precision not in MIN_COSINE:
-        raise ModelError(f"precision must be fp32 or fp16, got {precision!r}")
+        raise ModelError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     started = time.perf_counter()
     ckpt = _load(model, progress)
     clip, config = ckpt.model, ckpt.model.config
@@ -639,7 +674,9 @@ def export_clip(
                 text_plain,
                 heads=config.text_config.num_attention_heads,
                 hidden=config.text_config.hidden_size,
-                precision=precision,
+                # int8 is for the image tower, which runs per event; the text tower runs once
+                # per policy compile, so it keeps full precision.
+                precision="fp32" if precision == "int8" else precision,
                 optimize=optimize,
                 out=out,
                 feeds={"input_ids": ids},
@@ -709,7 +746,7 @@ def _main() -> None:  # pragma: no cover - thin CLI for the export wing alone
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--no-optimize", action="store_true")
     parser.add_argument("--name")

@@ -125,6 +125,22 @@ def test_fp16_export_keeps_float32_io_and_matches_pytorch(tiny: Path, tmp_path: 
     assert _min_cosine(runtime.encode_texts(TEXTS), _torch_texts(tiny, TEXTS)) >= 0.999
 
 
+def test_int8_export_quantizes_the_image_tower_only(tiny: Path, tmp_path: Path) -> None:
+    out = export_clip(str(tiny), tmp_path, precision="int8", progress=_quiet)
+    manifest = read_manifest(out)
+    assert manifest.precision == "int8"
+    vision_ops = {n.op_type for n in onnx.load(str(out / "vision.onnx")).graph.node}
+    text_ops = {n.op_type for n in onnx.load(str(out / "text.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in vision_ops or "QAttention" in vision_ops
+    assert not text_ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
+    assert manifest.parity["vision"] >= 0.99
+    assert manifest.parity["text"] >= 0.9999
+    runtime = load_model(out, providers=("cpu",))
+    pixels = _pixels(4, 32)
+    assert _min_cosine(runtime.encode_pixels(pixels), _torch_images(tiny, pixels)) >= 0.99
+    assert _min_cosine(runtime.encode_texts(TEXTS), _torch_texts(tiny, TEXTS)) >= 0.9999
+
+
 def test_unoptimized_export_has_only_standard_ops(tiny: Path, tmp_path: Path) -> None:
     out = export_clip(str(tiny), tmp_path, optimize=False, opset=18, progress=_quiet)
     manifest = read_manifest(out)
