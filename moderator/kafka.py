@@ -62,10 +62,11 @@ def make_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AI
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
-    """acks=all + idempotence: a retried send never duplicates or reorders within a partition."""
+    """acks=all + idempotence: a retried send never duplicates or reorders within a partition
+    (unless `idempotent_producer` is off, for brokers that cannot do it)."""
     options = _common(settings) | {
         "acks": "all",
-        "enable_idempotence": True,
+        "enable_idempotence": settings.idempotent_producer,
         "linger_ms": 5,  # a few ms of batching buys far fewer produce requests under load
         "compression_type": None,
         "max_request_size": 16 * 1024 * 1024,

@@ -56,6 +56,11 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
     max_poll_records: int = Field(500, ge=1, description="Records fetched per poll at most.")
     session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer session timeout.")
+    idempotent_producer: bool = Field(
+        True,
+        description="Idempotent producer (acks=all either way). Off only for brokers without "
+        "InitProducerId, e.g. Tansu: a retried send may then duplicate a verdict.",
+    )
 
 
 class RedisSettings(BaseModel):

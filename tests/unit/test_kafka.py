@@ -1,0 +1,26 @@
+"""Client options `moderator.kafka` builds from settings (no broker: nothing is started)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from moderator.kafka import make_producer
+from moderator.settings import KafkaSettings
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_producer_waits_for_all_replicas_with_or_without_idempotence(idempotent: bool) -> None:
+    async def options() -> tuple[int, bool]:
+        producer = make_producer(KafkaSettings(idempotent_producer=idempotent))
+        try:
+            # aiokafka keeps these privately; -1 is acks="all", the manager exists only
+            # for idempotent (or transactional) producers.
+            return producer._sender._acks, producer._txn_manager is not None
+        finally:
+            await producer.stop()
+
+    acks, idempotence = asyncio.run(options())
+    assert acks == -1
+    assert idempotence is idempotent
