@@ -173,6 +173,12 @@ def e2e(
         list[str] | None,
         typer.Option("--service-env", help="Extra MODERATOR_X=Y for the service (repeatable)."),
     ] = None,
+    replicas: Annotated[
+        int, typer.Option(help="Service processes in one consumer group (cores shared out).")
+    ] = 1,
+    replica_devices: Annotated[
+        str, typer.Option(help="GPU ids given to the replicas in turn, e.g. 0,1 (default: as set).")
+    ] = "",
     keep_topics: Annotated[bool, typer.Option(help="Leave the bench topics behind.")] = False,
     as_json: JsonOption = False,
     out: OutOption = None,
@@ -187,6 +193,9 @@ def e2e(
         extra = dict(_pair(item) for item in service_env or [])
         if peer not in ("naive", "none"):
             raise ConfigError(f"--peer must be naive or none, got {peer!r}")
+        if replicas < 1:
+            raise ConfigError(f"--replicas must be >= 1, got {replicas}")
+        devices = _ints(replica_devices, "--replica-devices") if replica_devices else []
         if precision not in ("auto", "fp16", "fp32", "int8"):
             raise ConfigError(f"--precision must be auto, fp16, fp32 or int8, got {precision!r}")
         options = E2EOptions(
@@ -209,6 +218,8 @@ def e2e(
             policy=policy,
             timeout=timeout,
             service_env=extra,
+            replicas=replicas,
+            replica_devices=devices,
             keep_topics=keep_topics,
         )
         report = asyncio.run(run_e2e_bench(options))

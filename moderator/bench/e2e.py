@@ -99,6 +99,8 @@ class E2EOptions:
     policy: Path | None = None
     timeout: float = 600.0
     service_env: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    replica_devices: Sequence[int] = ()
     keep_topics: bool = False
     seed: int = 0
 
@@ -315,20 +317,21 @@ class _Collector:
 
 @dataclass
 class _System:
-    """A running consumer process (ours or the peer) and how to tell it is ready."""
+    """Running consumer processes (ours: one per replica; the peer: one) and how to tell they
+    are all ready."""
 
     name: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    processes: list[subprocess.Popen[bytes]]
+    logs: list[Path]
     ready: Callable[[], bool]
-    metrics_url: str | None = None
+    metrics_urls: list[str] = field(default_factory=list)
 
     def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise ConfigError(
-                f"{self.name} exited with {self.process.returncode} before finishing:\n"
-                + _tail(self.log)
-            )
+        for process, log in zip(self.processes, self.logs, strict=True):
+            if process.poll() is not None:
+                raise ConfigError(
+                    f"{self.name} exited with {process.returncode} before finishing:\n" + _tail(log)
+                )
 
     async def wait_ready(self) -> float:
         """Monotonic time at which it became ready."""
@@ -341,13 +344,15 @@ class _System:
         return time.monotonic()
 
     async def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(self.process.wait, _STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            await asyncio.to_thread(self.process.wait)
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                await asyncio.to_thread(process.wait, _STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -371,42 +376,58 @@ def _clean_env() -> dict[str, str]:
 def _start_ours(
     opts: E2EOptions, onnx_dir: Path, policy: Path, topics: dict[str, str], group: str, log: Path
 ) -> _System:
-    port = _free_port()
-    env = _clean_env() | {
-        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": opts.broker,
-        "MODERATOR_KAFKA__GROUP_ID": group,
-        "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
-        "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
-        "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
-        "MODERATOR_KAFKA__CREATE_TOPICS": "false",
-        "MODERATOR_REDIS__ENABLED": "false",
-        "MODERATOR_MODEL__PATH": str(onnx_dir),
-        "MODERATOR_MODEL__PROVIDERS": json.dumps(list(opts.providers)),
-        "MODERATOR_MODEL__VERIFY_HASHES": "false",
-        "MODERATOR_POLICY__PATH": str(policy),
-        "MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE": "true",  # the local image server
-        "MODERATOR_HTTP__HOST": "127.0.0.1",
-        "MODERATOR_HTTP__PORT": str(port),
-        "MODERATOR_LOG__LEVEL": "WARNING",
-    }
-    env |= opts.service_env
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moderator", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    base = f"http://127.0.0.1:{port}"
+    """`opts.replicas` service processes in one consumer group, as replicas on one host."""
+    processes: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    bases: list[str] = []
+    cores = os.cpu_count() or 1
+    for replica in range(opts.replicas):
+        port = _free_port()
+        env = _clean_env() | {
+            "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": opts.broker,
+            "MODERATOR_KAFKA__GROUP_ID": group,
+            "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
+            "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
+            "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
+            "MODERATOR_KAFKA__CREATE_TOPICS": "false",
+            "MODERATOR_REDIS__ENABLED": "false",
+            "MODERATOR_MODEL__PATH": str(onnx_dir),
+            "MODERATOR_MODEL__PROVIDERS": json.dumps(list(opts.providers)),
+            "MODERATOR_MODEL__VERIFY_HASHES": "false",
+            "MODERATOR_POLICY__PATH": str(policy),
+            "MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE": "true",  # the local image server
+            "MODERATOR_HTTP__HOST": "127.0.0.1",
+            "MODERATOR_HTTP__PORT": str(port),
+            "MODERATOR_LOG__LEVEL": "WARNING",
+        }
+        if opts.replicas > 1:  # the host's cores are shared out, not each taken by every replica
+            env["MODERATOR_PIPELINE__DECODE_WORKERS"] = str(max(1, cores // opts.replicas))
+        if opts.replica_devices:
+            device = opts.replica_devices[replica % len(opts.replica_devices)]
+            env["MODERATOR_MODEL__DEVICE_IDS"] = json.dumps([device])
+        env |= opts.service_env
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+        path = log if opts.replicas == 1 else log.with_name(f"{log.stem}-{replica}{log.suffix}")
+        with path.open("ab") as sink:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "moderator", "serve"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=sink,
+                )
+            )
+        logs.append(path)
+        bases.append(f"http://127.0.0.1:{port}")
 
     def ready() -> bool:
         try:
-            return httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200
+            return all(httpx.get(f"{b}/readyz", timeout=1.0).status_code == 200 for b in bases)
         except httpx.HTTPError:
             return False
 
-    return _System("moderator serve", process, log, ready, f"{base}/metrics")
+    name = "moderator serve" if opts.replicas == 1 else f"moderator serve ×{opts.replicas}"
+    return _System(name, processes, logs, ready, [f"{b}/metrics" for b in bases])
 
 
 def _start_naive(
@@ -430,7 +451,7 @@ def _start_naive(
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )
-    return _System("naive peer", process, log, ready_file.is_file)
+    return _System("naive peer", [process], [log], ready_file.is_file)
 
 
 # --- phases ----------------------------------------------------------------------------------
@@ -502,16 +523,21 @@ async def _max_phase(
         t1 = max(collector.arrived.values(), default=time.monotonic()) if complete else None
         elapsed = (t1 or time.monotonic()) - t0
         first = min(collector.arrived.values(), default=None)
+        # With replicas, t0 is when the last one became ready; answers the earlier ones gave
+        # before that are left out of the rate, which is then that of all replicas together.
+        early = sum(1 for t in collector.arrived.values() if t < t0)
         phase = _Phase(
             name,
             "max",
             events,
-            min(len(collector.answered), events),
+            min(len(collector.answered), events) - early,
             elapsed,
             complete,
             dead=collector.dead,
             first_answer_s=None if first is None else first - t0,
         )
+        if early:
+            phase.extra["answered_before_all_ready"] = early
     except BaseException:
         await system.stop()
         raise
@@ -576,23 +602,27 @@ def _stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
     return {s: round(float(np.median([t[s] for t in timings if s in t])), 2) for s in stages}
 
 
-def _batch_mean(metrics_text: str) -> float | None:
-    """Mean inference batch size from the service's Prometheus text."""
-    total = re.search(r"^moderator_batch_size_sum ([0-9.e+-]+)$", metrics_text, re.M)
-    count = re.search(r"^moderator_batch_size_count ([0-9.e+-]+)$", metrics_text, re.M)
-    if not total or not count or float(count.group(1)) == 0:
-        return None
-    return float(total.group(1)) / float(count.group(1))
+def _batch_mean(metrics_texts: Sequence[str]) -> float | None:
+    """Mean inference batch size over the replicas' Prometheus texts."""
+    total = count = 0.0
+    for text in metrics_texts:
+        found_sum = re.search(r"^moderator_batch_size_sum ([0-9.e+-]+)$", text, re.M)
+        found_count = re.search(r"^moderator_batch_size_count ([0-9.e+-]+)$", text, re.M)
+        if found_sum and found_count:
+            total += float(found_sum.group(1))
+            count += float(found_count.group(1))
+    return total / count if count else None
 
 
-async def _scrape(url: str | None) -> str:
-    if url is None:
-        return ""
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            return (await client.get(url)).text
-    except httpx.HTTPError:
-        return ""
+async def _scrape(urls: Sequence[str]) -> list[str]:
+    texts = []
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for url in urls:
+            try:
+                texts.append((await client.get(url)).text)
+            except httpx.HTTPError:
+                texts.append("")
+    return texts
 
 
 # --- topics and the image server -------------------------------------------------------------
@@ -726,6 +756,8 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
         "broker": opts.broker,
         "redis": False,
         "service_env": opts.service_env,
+        "replicas": opts.replicas,
+        "replica_devices": list(opts.replica_devices) or None,
         "precision": precision,
     }
     peer_dir = bench_model.hf_dir if opts.peer else None
@@ -834,11 +866,11 @@ async def _phases(
             opts.timeout,
             progress,
         )
-        metrics = await _scrape(system.metrics_url)
+        metrics = await _scrape(system.metrics_urls)
         await system.stop()
     finally:
         await collector.stop()
-    phase.extra = {
+    phase.extra |= {
         "mean_batch": _batch_mean(metrics),
         "stage_p50_ms": _stage_medians(collector.timings),
         "decisions": collector.decisions,
@@ -869,7 +901,7 @@ async def _phases(
             await system.stop()
         finally:
             await collector.stop()
-        phase.extra = {"decisions": collector.decisions}
+        phase.extra |= {"decisions": collector.decisions}
         phases.append(phase)
         progress(f"naive: {phase.rate:.1f} verdicts/s")
 
