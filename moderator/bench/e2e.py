@@ -343,6 +343,17 @@ class _System:
             await asyncio.sleep(_POLL_S)
         return time.monotonic()
 
+    def loop_cpu_s(self) -> float | None:
+        """CPU seconds the processes' main threads (the service's event loops) have used, or
+        None where /proc cannot tell (not Linux)."""
+        total = 0.0
+        for process in self.processes:
+            used = _main_thread_cpu_s(process.pid)
+            if used is None:
+                return None
+            total += used
+        return total
+
     async def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -353,6 +364,16 @@ class _System:
             except subprocess.TimeoutExpired:
                 process.kill()
                 await asyncio.to_thread(process.wait)
+
+
+def _main_thread_cpu_s(pid: int) -> float | None:
+    """utime + stime of a process's main thread, from /proc/PID/task/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -512,6 +533,7 @@ async def _max_phase(
     system = start()
     try:
         t0 = await system.wait_ready()
+        loop_cpu_0 = system.loop_cpu_s()
         progress(f"{name}: ready; consuming {events} preloaded events")
         deadline = t0 + limit_s
         complete = False
@@ -538,6 +560,12 @@ async def _max_phase(
         )
         if early:
             phase.extra["answered_before_all_ready"] = early
+        loop_cpu_1 = system.loop_cpu_s()
+        if name == "ours" and loop_cpu_0 is not None and loop_cpu_1 is not None:
+            # Main-thread CPU per answer: what one event costs the event loop, the part of
+            # the work no extra decode worker or GPU can take over.
+            used_ms = 1000 * (loop_cpu_1 - loop_cpu_0)
+            phase.extra["loop_cpu_ms_per_event"] = used_ms / max(1, phase.answered)
     except BaseException:
         await system.stop()
         raise
