@@ -1,7 +1,8 @@
 """`moderator serve`: events in from Kafka, verdicts out, at-least-once.
 
-Per record: parse → acquire (inline or URL) → image sha256 → cached embedding, or decode (process
-pool) → batch → embed (one inference thread per device) → score with the policy in force →
+Per record: parse (and, for an inline image, sha256) in a decode process → acquire by URL →
+cached embedding, or decode (process pool; in the same trip as the parse when there is no
+cache) → batch → embed (one inference thread per device) → score with the policy in force →
 publish verdict (or DLQ record) and await its ack → mark the offset finished. A commit loop
 commits each partition's contiguous finished prefix (see `offsets.py`, `publish.py` and
 docs/delivery.md). The event loop only routes: decode, inference and fetch waits run elsewhere,
@@ -18,8 +19,9 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,16 @@ from moderator.cache import RedisEmbeddingCache
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.embed import ClipRuntime, load_model
 from moderator.errors import ModeratorError
-from moderator.events import ImageEvent, parse_event
+from moderator.events import ImageEvent
 from moderator.http import HealthServer
 from moderator.log import configure, get
 from moderator.metrics import Metrics
 from moderator.offsets import OffsetTracker
 from moderator.policy.reload import PolicyReloader
+from moderator.prepare import Prepared, decode_record, prepare_record
 from moderator.publish import Publisher, dlq_headers, verdict_headers
 from moderator.settings import Settings, load_settings, unknown_env_vars
+from moderator.types import Pixels
 from moderator.verdict import build_verdict
 
 log = get("service")
@@ -387,13 +391,25 @@ class Service:
         started = time.monotonic()
         timings: dict[str, float] = {}
         attempts = 1
+        assert self._spec is not None
         try:
-            event = parse_event(
-                record.value, record.headers, max_bytes=self.settings.pipeline.max_image_bytes
-            )
-            data, attempts = await self._acquire(event, timings)
-            image_sha = hashlib.sha256(data).hexdigest()
-            embedding, cached = await self._embed(data, image_sha, timings)
+            prepared = await self._prepare(record, timings)
+            event = prepared.event
+            decode: Callable[[], Pixels]
+            if prepared.image_sha256 is None:  # by URL: fetched and hashed here
+                data, attempts = await self._acquire(event, timings)
+                image_sha = hashlib.sha256(data).hexdigest()
+                decode = partial(decode_image, data, self._spec)
+            else:
+                image_sha = prepared.image_sha256
+                decode = partial(
+                    decode_record,
+                    record.value,
+                    list(record.headers),
+                    max_bytes=self.settings.pipeline.max_image_bytes,
+                    spec=self._spec,
+                )
+            embedding, cached = await self._embed(image_sha, prepared.pixels, decode, timings)
             t = time.monotonic()
             policy = self._reloader.current
             outcome = policy.score(embedding[None, :], [event.surface])[0]
@@ -478,22 +494,52 @@ class Service:
         self.metrics.stage_seconds.labels("acquire").observe(timings["acquire"])
         return fetched.data, fetched.attempts
 
-    async def _embed(
-        self, data: bytes, image_sha: str, timings: dict[str, float]
-    ) -> tuple[np.ndarray, bool]:
-        assert self._batcher is not None
+    async def _prepare(
+        self, record: ConsumerRecord[bytes, bytes], timings: dict[str, float]
+    ) -> Prepared:
+        """Parse (and for an inline image hash, and without a cache decode) in a decode
+        process: base64, JSON and sha256 of large records would otherwise hold the loop."""
+        assert self._decode_pool is not None
         assert self._spec is not None
+        decode_now = self._cache is None
+        t = time.monotonic()
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool,
+            partial(
+                prepare_record,
+                record.value,
+                list(record.headers),
+                max_bytes=self.settings.pipeline.max_image_bytes,
+                spec=self._spec,
+                decode=decode_now,
+            ),
+        )
+        if prepared.pixels is not None:  # that trip was the decode
+            timings["decode"] = time.monotonic() - t
+            self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
+        return prepared
+
+    async def _embed(
+        self,
+        image_sha: str,
+        pixels: Pixels | None,
+        decode: Callable[[], Pixels],
+        timings: dict[str, float],
+    ) -> tuple[np.ndarray, bool]:
+        """The image's embedding: from the cache, or `pixels` (`decode()` in a decode
+        process when not given) through a batch."""
+        assert self._batcher is not None
         runtime = self._runtimes[0]
         namespace = f"img:{runtime.sha256}"
         if self._cache is not None:
             hit = (await self._cache.get_many(namespace, [image_sha]))[0]
             if hit is not None and hit.shape == (runtime.embed_dim,):
                 return hit, True
-        t = time.monotonic()
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decode_pool, decode_image, data, self._spec)
-        timings["decode"] = time.monotonic() - t
-        self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
+        if pixels is None:
+            t = time.monotonic()
+            pixels = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
+            timings["decode"] = time.monotonic() - t
+            self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
         embedded = await self._batcher.embed(pixels)
         timings["queue"] = embedded.queued_s
         timings["inference"] = embedded.inference_s
