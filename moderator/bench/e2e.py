@@ -394,6 +394,45 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MODERATOR_")}
 
 
+def _service_env(
+    opts: E2EOptions,
+    replica: int,
+    onnx_dir: Path,
+    policy: Path,
+    topics: dict[str, str],
+    group: str,
+    port: int,
+) -> dict[str, str]:
+    """The environment of service replica `replica`: every setting the bench means, the
+    host's cores shared out between replicas, GPUs dealt out in turn, then `--service-env`."""
+    env = _clean_env() | {
+        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": opts.broker,
+        "MODERATOR_KAFKA__GROUP_ID": group,
+        "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
+        "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
+        "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
+        "MODERATOR_KAFKA__CREATE_TOPICS": "false",
+        "MODERATOR_REDIS__ENABLED": "false",
+        "MODERATOR_MODEL__PATH": str(onnx_dir),
+        "MODERATOR_MODEL__PROVIDERS": json.dumps(list(opts.providers)),
+        "MODERATOR_MODEL__VERIFY_HASHES": "false",
+        "MODERATOR_POLICY__PATH": str(policy),
+        "MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE": "true",  # the local image server
+        "MODERATOR_HTTP__HOST": "127.0.0.1",
+        "MODERATOR_HTTP__PORT": str(port),
+        "MODERATOR_LOG__LEVEL": "WARNING",
+    }
+    if opts.replicas > 1:
+        cores = os.cpu_count() or 1
+        env["MODERATOR_PIPELINE__DECODE_WORKERS"] = str(max(1, cores // opts.replicas))
+    if opts.replica_devices:
+        device = opts.replica_devices[replica % len(opts.replica_devices)]
+        env["MODERATOR_MODEL__DEVICE_IDS"] = json.dumps([device])
+    env |= opts.service_env
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def _start_ours(
     opts: E2EOptions, onnx_dir: Path, policy: Path, topics: dict[str, str], group: str, log: Path
 ) -> _System:
@@ -401,33 +440,9 @@ def _start_ours(
     processes: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     bases: list[str] = []
-    cores = os.cpu_count() or 1
     for replica in range(opts.replicas):
         port = _free_port()
-        env = _clean_env() | {
-            "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": opts.broker,
-            "MODERATOR_KAFKA__GROUP_ID": group,
-            "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
-            "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
-            "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
-            "MODERATOR_KAFKA__CREATE_TOPICS": "false",
-            "MODERATOR_REDIS__ENABLED": "false",
-            "MODERATOR_MODEL__PATH": str(onnx_dir),
-            "MODERATOR_MODEL__PROVIDERS": json.dumps(list(opts.providers)),
-            "MODERATOR_MODEL__VERIFY_HASHES": "false",
-            "MODERATOR_POLICY__PATH": str(policy),
-            "MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE": "true",  # the local image server
-            "MODERATOR_HTTP__HOST": "127.0.0.1",
-            "MODERATOR_HTTP__PORT": str(port),
-            "MODERATOR_LOG__LEVEL": "WARNING",
-        }
-        if opts.replicas > 1:  # the host's cores are shared out, not each taken by every replica
-            env["MODERATOR_PIPELINE__DECODE_WORKERS"] = str(max(1, cores // opts.replicas))
-        if opts.replica_devices:
-            device = opts.replica_devices[replica % len(opts.replica_devices)]
-            env["MODERATOR_MODEL__DEVICE_IDS"] = json.dumps([device])
-        env |= opts.service_env
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+        env = _service_env(opts, replica, onnx_dir, policy, topics, group, port)
         path = log if opts.replicas == 1 else log.with_name(f"{log.stem}-{replica}{log.suffix}")
         with path.open("ab") as sink:
             processes.append(

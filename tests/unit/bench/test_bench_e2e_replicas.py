@@ -1,0 +1,55 @@
+"""`bench e2e`'s replicas: their environments, options and Prometheus texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from moderator.bench.cli import app
+from moderator.bench.e2e import E2EOptions, _batch_mean, _service_env
+
+
+def test_mean_batch_is_weighted_over_replicas() -> None:
+    one = "moderator_batch_size_sum 300.0\nmoderator_batch_size_count 10.0\n"
+    two = "moderator_batch_size_sum 100.0\nmoderator_batch_size_count 30.0\n"
+    assert _batch_mean([one, two]) == 400.0 / 40.0
+    assert _batch_mean([one, ""]) == 30.0  # a replica that could not be scraped
+    assert _batch_mean(["", ""]) is None
+
+
+def test_replicas_must_be_positive() -> None:
+    result = CliRunner().invoke(app, ["e2e", "--replicas", "0"])
+    assert result.exit_code == 2
+    assert "--replicas must be >= 1" in result.output
+
+
+def _env(opts: E2EOptions, replica: int) -> dict[str, str]:
+    topics = {"input": "in", "verdicts": "out", "dlq": "dlq"}
+    return _service_env(opts, replica, Path("/m"), Path("/p.yaml"), topics, "g", 8000 + replica)
+
+
+def test_one_replica_keeps_the_services_own_defaults() -> None:
+    env = _env(E2EOptions(), 0)
+    assert env["MODERATOR_KAFKA__GROUP_ID"] == "g"
+    assert env["MODERATOR_HTTP__PORT"] == "8000"
+    assert "MODERATOR_PIPELINE__DECODE_WORKERS" not in env
+    assert "MODERATOR_MODEL__DEVICE_IDS" not in env
+
+
+def test_replicas_share_the_cores_and_take_gpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    opts = E2EOptions(replicas=4, replica_devices=(0, 1))
+    envs = [_env(opts, i) for i in range(4)]
+    assert {e["MODERATOR_PIPELINE__DECODE_WORKERS"] for e in envs} == {"4"}
+    assert [e["MODERATOR_MODEL__DEVICE_IDS"] for e in envs] == ["[0]", "[1]", "[0]", "[1]"]
+    assert len({e["MODERATOR_HTTP__PORT"] for e in envs}) == 4
+
+
+def test_service_env_option_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODERATOR_LOG__LEVEL", "DEBUG")  # the caller's own settings are dropped
+    opts = E2EOptions(replicas=2, service_env={"MODERATOR_PIPELINE__DECODE_WORKERS": "7"})
+    env = _env(opts, 1)
+    assert env["MODERATOR_PIPELINE__DECODE_WORKERS"] == "7"
+    assert env["MODERATOR_LOG__LEVEL"] == "WARNING"
