@@ -142,6 +142,7 @@ class FetchPolicy:
             max_bytes=s.max_image_bytes,
             allowed_hosts=frozenset(s.fetch_allowed_hosts),
             allow_private=s.fetch_allow_private,
+            allow_networks=frozenset(s.fetch_allow_networks),
         )
 
     @property

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -119,7 +120,24 @@ class PipelineSettings(BaseModel):
     fetch_allow_private: bool = Field(
         False, description="Allow private/loopback addresses (local testing only)."
     )
+    fetch_allow_networks: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="CIDRs exempt from the private-address check (e.g. an internal image "
+        "store), without opening every private address as fetch_allow_private does.",
+    )
     drain_timeout_s: float = Field(20.0, gt=0, description="SIGTERM drain deadline.")
+
+    @field_validator("fetch_allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        # One plain message per bad entry ("10.0.0.1/8 has host bits set") instead of the
+        # union's two validator traces.
+        if not isinstance(value, list):
+            return value
+        try:
+            return [ip_network(v) if isinstance(v, str) else v for v in value]
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class HttpSettings(BaseModel):

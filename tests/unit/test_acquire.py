@@ -32,8 +32,8 @@ from moderator.acquire import (
     literal_address,
     redact,
 )
-from moderator.errors import AcquireError, FetchBlocked, Reason, TooLarge
-from moderator.settings import PipelineSettings
+from moderator.errors import AcquireError, ConfigError, FetchBlocked, Reason, TooLarge
+from moderator.settings import PipelineSettings, load_settings
 
 HOST = "images.example.test"
 LOOPBACK_ONLY = frozenset({ip_network("127.0.0.1/32")})
@@ -626,6 +626,22 @@ def test_policy_from_settings() -> None:
     assert (policy.timeout_s, policy.retries, policy.max_bytes) == (3.0, 4, 5000)
     assert policy.allowed_hosts == frozenset({"cdn.example.com"})
     assert policy.allow_private
+
+
+def test_allowed_networks_from_settings_exempt_only_themselves() -> None:
+    settings = load_settings(
+        environ={"MODERATOR_PIPELINE__FETCH_ALLOW_NETWORKS": '["10.20.0.0/16", "fd00:1::/32"]'}
+    )
+    policy = FetchPolicy.from_settings(settings.pipeline)
+    assert policy.address_problem(ip_address("10.20.3.4")) is None
+    assert policy.address_problem(ip_address("fd00:1::5")) is None
+    assert policy.address_problem(ip_address("10.21.0.1")) is not None  # next door: still private
+    assert policy.address_problem(ip_address("127.0.0.1")) is not None
+
+
+def test_allowed_network_with_host_bits_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"10\.20\.0\.1/16 has host bits set"):
+        load_settings(environ={"MODERATOR_PIPELINE__FETCH_ALLOW_NETWORKS": '["10.20.0.1/16"]'})
 
 
 @pytest.mark.parametrize(
