@@ -58,7 +58,7 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "moderator_stage_duration_seconds",
-            "Time spent per pipeline stage (acquire, decode, queue, inference, score, publish).",
+            "Time per pipeline stage (prepare, acquire, decode, queue, inference, score, publish).",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -1,10 +1,10 @@
 """The work a decode process does for one record, so the event loop does not have to.
 
 A 540 KB inline JSON event costs ~1.8 ms to parse (base64 dominates: CPython decodes it at
-~300 MB/s) and 0.3 ms to hash on the machine this was measured on; on the service's single event
-loop that capped one process at ~145 events/s on a 16-core GPU host. Here the loop only hands
-the record's bytes to a decode process and gets back the parsed event without its image, the
-image's sha256 and, when asked for, the model-ready pixels.
+~300 MB/s) and 0.3 ms to hash on the 2-core machine this was measured on, all on the service's
+single event loop, which with aiokafka's fetch held one process to ~145 events/s on a 16-core
+GPU host. Here the loop only hands the record's bytes to a decode process and gets back the
+parsed event without its image, the image's sha256 and, when asked for, the pixels.
 
 Functions here run in worker processes: module-level, arguments and results picklable, errors
 the same `ModeratorError`s (`EventError`, `TooLarge`, `DecodeError`) the loop would have raised.
@@ -33,7 +33,6 @@ class Prepared:
     event: ImageEvent  # image_bytes is always None here
     image_sha256: str | None  # None for a URL event: the loop fetches and hashes it
     pixels: Pixels | None  # None unless asked for (and never for a URL event)
-    image_size: int = 0  # bytes of the inline image
 
 
 def prepare_record(
@@ -55,7 +54,7 @@ def prepare_record(
         return Prepared(event, None, None)
     digest = hashlib.sha256(data).hexdigest()
     pixels = decode_image(data, spec) if decode else None
-    return Prepared(replace(event, image_bytes=None), digest, pixels, len(data))
+    return Prepared(replace(event, image_bytes=None), digest, pixels)
 
 
 def decode_record(

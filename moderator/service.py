@@ -514,9 +514,10 @@ class Service:
                 decode=decode_now,
             ),
         )
-        if prepared.pixels is not None:  # that trip was the decode
-            timings["decode"] = time.monotonic() - t
-            self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
+        # Its own stage: queueing for a worker, parsing, hashing and (without a cache) the
+        # decode itself. "decode" is only a separate decode trip (cache miss, URL image).
+        timings["prepare"] = time.monotonic() - t
+        self.metrics.stage_seconds.labels("prepare").observe(timings["prepare"])
         return prepared
 
     async def _embed(

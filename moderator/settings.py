@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -101,6 +101,10 @@ class PolicySettings(BaseModel):
     top_k: int = Field(5, ge=0, description="Top scores reported in each verdict.")
 
 
+# Widest network fetch_allow_networks accepts, by IP version (prefix length).
+_MIN_EXEMPT_PREFIX: Final = {4: 8, 6: 16}
+
+
 class PipelineSettings(BaseModel):
     max_batch: int = Field(64, ge=1, description="Images per inference batch at most.")
     max_wait_ms: float = Field(10.0, ge=0, description="Longest a partial batch waits.")
@@ -135,9 +139,18 @@ class PipelineSettings(BaseModel):
         if not isinstance(value, list):
             return value
         try:
-            return [ip_network(v) if isinstance(v, str) else v for v in value]
+            networks = [ip_network(v) if isinstance(v, str) else v for v in value]
         except ValueError as exc:
             raise ValueError(str(exc)) from None
+        for net in networks:
+            # An exemption this wide switches the SSRF guard off (cloud metadata included);
+            # fetch_allow_private says that openly, this setting should not do it by accident.
+            if net.prefixlen < _MIN_EXEMPT_PREFIX[net.version]:
+                raise ValueError(
+                    f"{net} is too broad to exempt (at most /{_MIN_EXEMPT_PREFIX[net.version]} "
+                    "wide); use fetch_allow_private for every private address"
+                )
+        return networks
 
 
 class HttpSettings(BaseModel):

@@ -4,9 +4,10 @@ Phases, each on fresh topics and a fresh consumer group:
 
 1. **Max load, ours.** N events (inline base64 JSON; `--url-fraction` of them by URL from a
    local HTTP server) are produced before the service starts. `moderator serve` is started as
-   a subprocess (its own GIL, as deployed); the clock starts when `/readyz` says it has joined
-   the group (model loading is not counted) and stops when the N-th answer (verdict or DLQ
-   record) is read back: verdicts/s = N / that time.
+   a subprocess (its own GIL, as deployed; `--replicas` starts several in one group); the clock
+   starts when `/readyz` says one has joined the group (model loading is not counted, but
+   replicas still loading count against the rate) and stops when the N-th answer (verdict or
+   DLQ record) is read back: verdicts/s = N / that time.
 2. **Max load, naive.** The same N events (same topic, its own group), `naive.py` as a
    subprocess; the clock starts when it has partitions.
 3. **Half load, ours** (and the peer's, `--peer-latency`): events are produced at 50% of the
@@ -323,7 +324,7 @@ class _System:
     name: str
     processes: list[subprocess.Popen[bytes]]
     logs: list[Path]
-    ready: Callable[[], bool]
+    ready: Callable[[], list[bool]]  # one flag per process
     metrics_urls: list[str] = field(default_factory=list)
 
     def check_alive(self) -> None:
@@ -333,15 +334,21 @@ class _System:
                     f"{self.name} exited with {process.returncode} before finishing:\n" + _tail(log)
                 )
 
-    async def wait_ready(self) -> float:
-        """Monotonic time at which it became ready."""
+    async def wait_ready(self) -> tuple[float, float]:
+        """Monotonic times at which the first and the last process became ready."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
-        while not await asyncio.to_thread(self.ready):
+        first: float | None = None
+        while True:
+            flags = await asyncio.to_thread(self.ready)
+            now = time.monotonic()
+            if any(flags) and first is None:
+                first = now
+            if all(flags):
+                return first or now, now
             self.check_alive()
-            if time.monotonic() > deadline:
+            if now > deadline:
                 raise ConfigError(f"{self.name} not ready after {_READY_TIMEOUT_S:.0f} s")
             await asyncio.sleep(_POLL_S)
-        return time.monotonic()
 
     def loop_cpu_s(self) -> float | None:
         """CPU seconds the processes' main threads (the service's event loops) have used, or
@@ -456,14 +463,18 @@ def _start_ours(
         logs.append(path)
         bases.append(f"http://127.0.0.1:{port}")
 
-    def ready() -> bool:
-        try:
-            return all(httpx.get(f"{b}/readyz", timeout=1.0).status_code == 200 for b in bases)
-        except httpx.HTTPError:
-            return False
+    def ready() -> list[bool]:
+        return [_ready(f"{b}/readyz") for b in bases]
 
     name = "moderator serve" if opts.replicas == 1 else f"moderator serve ×{opts.replicas}"
     return _System(name, processes, logs, ready, [f"{b}/metrics" for b in bases])
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _start_naive(
@@ -487,7 +498,7 @@ def _start_naive(
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )
-    return _System("naive peer", [process], [log], ready_file.is_file)
+    return _System("naive peer", [process], [log], lambda: [ready_file.is_file()])
 
 
 # --- phases ----------------------------------------------------------------------------------
@@ -547,7 +558,9 @@ async def _max_phase(
     await collector.start()
     system = start()
     try:
-        t0 = await system.wait_ready()
+        # The clock starts when the first replica is ready: the others still loading count
+        # against the rate, never work done before the clock (a conservative figure).
+        t0, all_ready = await system.wait_ready()
         loop_cpu_0 = system.loop_cpu_s()
         progress(f"{name}: ready; consuming {events} preloaded events")
         deadline = t0 + limit_s
@@ -560,23 +573,22 @@ async def _max_phase(
         t1 = max(collector.arrived.values(), default=time.monotonic()) if complete else None
         elapsed = (t1 or time.monotonic()) - t0
         first = min(collector.arrived.values(), default=None)
-        # With replicas, t0 is when the last one became ready; answers the earlier ones gave
-        # before that are left out of the rate, which is then that of all replicas together.
-        early = sum(1 for t in collector.arrived.values() if t < t0)
         phase = _Phase(
             name,
             "max",
             events,
-            min(len(collector.answered), events) - early,
+            min(len(collector.answered), events),
             elapsed,
             complete,
             dead=collector.dead,
             first_answer_s=None if first is None else first - t0,
         )
-        if early:
-            phase.extra["answered_before_all_ready"] = early
+        if len(system.processes) > 1:
+            phase.extra["all_ready_after_s"] = round(all_ready - t0, 3)
         loop_cpu_1 = system.loop_cpu_s()
-        if name == "ours" and loop_cpu_0 is not None and loop_cpu_1 is not None:
+        # One process only: with replicas, the later ones' model loading would land in it.
+        single = len(system.processes) == 1
+        if name == "ours" and single and loop_cpu_0 is not None and loop_cpu_1 is not None:
             # Main-thread CPU per answer: what one event costs the event loop, the part of
             # the work no extra decode worker or GPU can take over.
             used_ms = 1000 * (loop_cpu_1 - loop_cpu_0)

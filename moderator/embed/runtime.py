@@ -138,8 +138,9 @@ class ClipRuntime:
         `pixels` is anything exposing `__cuda_array_interface__` (a torch CUDA tensor, a CuPy
         array, a GPU decoder's output), C-contiguous. The graph reads it in place: no host
         round trip, which at batch 256 is a third of the time `encode_pixels` spends. ONNX
-        Runtime runs on its own stream, so the producer must have finished writing (e.g.
-        `torch.cuda.current_stream().synchronize()`) before this call.
+        Runtime runs on its own stream and ignores the interface's `stream` entry, so the
+        producer must have finished writing (e.g. `torch.cuda.current_stream().synchronize()`)
+        before this call; the memory must be on this runtime's device (`info()["device_id"]`).
         """
         if self._bind_device is None:
             raise ModelError(
@@ -216,6 +217,8 @@ def _c_contiguous(shape: tuple[int, ...], strides: Sequence[int] | None) -> bool
     """`__cuda_array_interface__` gives strides None for C order, or byte strides (uint8)."""
     if strides is None:
         return True
+    if len(strides) != len(shape):
+        return False
     expected, step = [], 1
     for dim in reversed(shape):
         expected.append(step)

@@ -1,8 +1,9 @@
 """Export a Hugging Face CLIP checkpoint to the ONNX directory the runtime loads.
 
     vision.onnx     pixels uint8 NHWC (n, S, S, 3) → embeddings float32 (n, dim), L2-normalized;
-                    /255, mean/std and NHWC→NCHW happen inside the graph, so the service ships
-                    4× fewer bytes to the GPU than float NCHW and has no per-model numpy maths.
+                    /255 and mean/std are folded into the patch-embedding weights, which read
+                    the NHWC patches directly, so the service ships 4× fewer bytes to the GPU
+                    than float NCHW and has no per-model numpy maths.
     text.onnx       input_ids int64 (n, seq) → embeddings float32 (n, dim), L2-normalized.
     tokenizer.json  the checkpoint's fast tokenizer, read with `tokenizers` alone at serve time.
     manifest.json   everything else the runtime needs, and every file's sha256.
@@ -15,7 +16,9 @@ changes nothing; left out, the causal mask keeps the shape ORT's CLIP attention 
 The legacy TorchScript exporter is used (dynamo=False): it needs no extra packages, is stable
 on HF CLIP, and gives the op patterns the ORT transformers optimizer was written against.
 Every export is checked against PyTorch on probe inputs before the manifest is written, and
-an optimized or fp16 graph that misses the bar falls back to the plain one rather than ship.
+an optimized, fp16 or int8 graph that misses the bar falls back to the plain graph at the same
+precision rather than ship; when that misses too, the export fails. int8 (for CPUs) quantizes
+the vision tower only; the text tower stays fp32.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ class _VisionGraph(nn.Module):
         size = pre.image_size
         if size % patch:
             raise ModelError(f"image size {size} is not a multiple of the patch size {patch}")
-        self.patch, self.grid, self.dim = patch, size // patch, dim
+        self.patch, self.grid = patch, size // patch
         # x_norm = (x·rescale − mean) / std = x / scale − offset / scale, per channel.
         scale = torch.tensor([s / pre.rescale for s in pre.std]).view(1, 3, 1, 1)
         offset = torch.tensor([m / pre.rescale for m in pre.mean]).view(1, 3, 1, 1)

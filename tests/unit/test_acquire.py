@@ -644,6 +644,12 @@ def test_allowed_network_with_host_bits_is_a_clear_error() -> None:
         load_settings(environ={"MODERATOR_PIPELINE__FETCH_ALLOW_NETWORKS": '["10.20.0.1/16"]'})
 
 
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "128.0.0.0/1", "::/0", "fd00::/8"])
+def test_allowed_network_too_broad_to_exempt(network: str) -> None:
+    with pytest.raises(ConfigError, match="too broad to exempt"):
+        load_settings(environ={"MODERATOR_PIPELINE__FETCH_ALLOW_NETWORKS": f'["{network}"]'})
+
+
 @pytest.mark.parametrize(
     "address",
     ["8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"],

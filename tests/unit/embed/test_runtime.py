@@ -191,6 +191,7 @@ def test_device_pixels_are_checked_before_binding(
         ((2, 4, 4, 3), (48, 12, 3, 1), True),
         ((1, 4, 4, 3), (999, 12, 3, 1), True),  # a size-1 dimension's stride is free
         ((2, 4, 4, 3), (48, 3, 12, 1), False),
+        ((2, 4, 4, 3), (48, 12, 3), False),  # strides of the wrong length
     ],
 )
 def test_c_contiguity_of_device_arrays(
