@@ -17,7 +17,7 @@ from PIL import Image
 
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.errors import DecodeError, EventError, TooLarge, UnsupportedFormat
-from moderator.prepare import decode_record, prepare_record
+from moderator.prepare import prepare_record
 
 SPEC = PreprocessSpec.for_model(32, 32)
 
@@ -34,9 +34,7 @@ def _inline(data: bytes, **extra: object) -> bytes:
 
 def test_inline_image_comes_back_as_digest_and_pixels_not_bytes() -> None:
     data = _jpeg()
-    prepared = prepare_record(
-        _inline(data, surface="chat"), [], max_bytes=1 << 20, spec=SPEC, decode=True
-    )
+    prepared = prepare_record(_inline(data, surface="chat"), [], max_bytes=1 << 20, spec=SPEC)
     assert prepared.event.id == "e1"
     assert prepared.event.surface == "chat"
     assert prepared.event.image_bytes is None  # never shipped back to the loop
@@ -45,15 +43,9 @@ def test_inline_image_comes_back_as_digest_and_pixels_not_bytes() -> None:
     np.testing.assert_array_equal(prepared.pixels, decode_image(data, SPEC))
 
 
-def test_without_decode_only_the_digest_comes_back() -> None:
-    prepared = prepare_record(_inline(_jpeg()), [], max_bytes=1 << 20, spec=SPEC, decode=False)
-    assert prepared.pixels is None
-    assert prepared.image_sha256 is not None
-
-
 def test_url_event_is_left_for_the_loop_to_fetch() -> None:
     value = json.dumps({"id": "u1", "image_url": "https://example.com/a.jpg"}).encode()
-    prepared = prepare_record(value, [], max_bytes=1 << 20, spec=SPEC, decode=True)
+    prepared = prepare_record(value, [], max_bytes=1 << 20, spec=SPEC)
     assert prepared.event.image_url == "https://example.com/a.jpg"
     assert prepared.image_sha256 is None
     assert prepared.pixels is None
@@ -68,24 +60,9 @@ def test_cloudevent_body_is_the_image() -> None:
         ("ce_specversion", b"1.0"),
         ("content-type", b"image/jpeg"),
     ]
-    prepared = prepare_record(data, headers, max_bytes=1 << 20, spec=SPEC, decode=True)
+    prepared = prepare_record(data, headers, max_bytes=1 << 20, spec=SPEC)
     assert prepared.event.form == "cloudevent"
     assert prepared.image_sha256 == hashlib.sha256(data).hexdigest()
-
-
-def test_decode_record_after_a_cache_miss_gives_the_same_pixels() -> None:
-    value = _inline(_jpeg())
-    eager = prepare_record(value, [], max_bytes=1 << 20, spec=SPEC, decode=True)
-    assert eager.pixels is not None
-    np.testing.assert_array_equal(
-        decode_record(value, [], max_bytes=1 << 20, spec=SPEC), eager.pixels
-    )
-
-
-def test_decode_record_refuses_a_url_event() -> None:
-    value = json.dumps({"id": "u1", "image_url": "https://example.com/a.jpg"}).encode()
-    with pytest.raises(ValueError, match="inline image"):
-        decode_record(value, [], max_bytes=1 << 20, spec=SPEC)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +78,7 @@ def test_errors_cross_the_process_boundary_with_their_reason(
     value: bytes, error: type[Exception]
 ) -> None:
     """The loop dead-letters by `reason`: the worker's exception must arrive as itself."""
-    call = partial(prepare_record, value, [], max_bytes=1024, spec=SPEC, decode=True)
+    call = partial(prepare_record, value, [], max_bytes=1024, spec=SPEC)
     with (
         ProcessPoolExecutor(1, mp_context=get_context("forkserver")) as pool,
         pytest.raises(error) as caught,
@@ -112,7 +89,7 @@ def test_errors_cross_the_process_boundary_with_their_reason(
 
 
 def test_prepared_records_pickle() -> None:
-    prepared = prepare_record(_inline(_jpeg()), [], max_bytes=1 << 20, spec=SPEC, decode=True)
+    prepared = prepare_record(_inline(_jpeg()), [], max_bytes=1 << 20, spec=SPEC)
     again = pickle.loads(pickle.dumps(prepared))
     assert again.event == prepared.event
     assert again.image_sha256 == prepared.image_sha256
