@@ -6,6 +6,7 @@ here so SASL/TLS settings apply the same way everywhere, and Kafka's errors are 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from typing import Any
@@ -163,3 +164,13 @@ async def open_reader(
         for tp in parts:
             await consumer.position(tp)
     return consumer
+
+
+async def close_reader(task: asyncio.Task[Any] | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Stop a reader started on `open_reader`: cancel the task draining it, then the consumer."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if consumer is not None:
+        await consumer.stop()

@@ -53,7 +53,7 @@ from moderator.bench.model import B32, resolve_bench_model
 from moderator.bench.report import Column, Report
 from moderator.embed.paths import DEMO_NAME
 from moderator.errors import ConfigError
-from moderator.kafka import open_reader
+from moderator.kafka import close_reader, open_reader
 from moderator.settings import KafkaSettings
 
 __all__ = ["E2EOptions", "default_events", "percentile", "run_e2e_bench"]
@@ -305,12 +305,7 @@ class _Collector:
         return True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await close_reader(self._task, self._consumer)
 
 
 # --- the systems under test ------------------------------------------------------------------

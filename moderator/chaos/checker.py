@@ -81,12 +81,7 @@ class Checker:
         self._task = asyncio.create_task(self._read(consumer), name="chaos-checker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await kafka.close_reader(self._task, self._consumer)
 
     async def wait_for(self, count: int, timeout_s: float) -> bool:
         """True once `count` distinct ids are answered; False at the timeout."""
