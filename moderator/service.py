@@ -391,9 +391,8 @@ class Service:
         started = time.monotonic()
         timings: dict[str, float] = {}
         attempts = 1
-        assert self._spec is not None
         try:
-            event, image_sha, pixels, data, attempts = await self._parse(record, timings)
+            event, image_sha, pixels, data, attempts = await self._prepare(record, timings)
             embedding, cached = await self._embed(image_sha, pixels, data, timings)
             t = time.monotonic()
             policy = self._reloader.current
@@ -479,10 +478,11 @@ class Service:
         self.metrics.stage_seconds.labels("acquire").observe(timings["acquire"])
         return fetched.data, fetched.attempts
 
-    async def _parse(
+    async def _prepare(
         self, record: ConsumerRecord[bytes, bytes], timings: dict[str, float]
     ) -> tuple[ImageEvent, str, Pixels | None, bytes | None, int]:
-        """(event, image sha256, pixels or None, image bytes or None, fetch attempts).
+        """Parse, acquire and hash one record: (event, image sha256, pixels or None, image
+        bytes or None, fetch attempts).
 
         Without a cache every image is decoded anyway, so an inline record goes to a decode
         process once, for parsing, hashing and decoding: base64, JSON and sha256 of large
