@@ -162,10 +162,7 @@ class ClipRuntime:
         binding = self._vision.io_binding()
         pointer = int(interface["data"][0])
         binding.bind_input(PIXELS, "cuda", self._device_id, np.uint8, list(shape), pointer)
-        binding.bind_output(EMBEDDINGS, "cuda", self._device_id)
-        self._vision.run_with_iobinding(binding)
-        result: Embeddings = np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
-        return result
+        return self._run_bound(self._vision, binding)
 
     def encode_images(self, images: list[bytes]) -> Embeddings:
         """Decode + preprocess + embed; the first bad image raises its DecodeError."""
@@ -199,17 +196,21 @@ class ClipRuntime:
 
     def _run(self, session: ort.InferenceSession, feeds: Mapping[str, NDArray[Any]]) -> Embeddings:
         if self._bind_device is None:
-            out = session.run([EMBEDDINGS], dict(feeds))[0]
-        else:
-            # Inputs go up from host memory, the output is bound on the device and copied back
-            # once: no intermediate host staging of the (small) uint8 input or the output.
-            binding = session.io_binding()
-            for name, array in feeds.items():
-                binding.bind_cpu_input(name, array)
-            binding.bind_output(EMBEDDINGS, self._bind_device, self._device_id)
-            session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()[0]
-        result: Embeddings = np.asarray(out, dtype=np.float32)
+            result: Embeddings = np.asarray(session.run([EMBEDDINGS], dict(feeds))[0], np.float32)
+            return result
+        # Inputs go up from host memory, the output is bound on the device and copied back
+        # once: no intermediate host staging of the (small) uint8 input or the output.
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        return self._run_bound(session, binding)
+
+    def _run_bound(self, session: ort.InferenceSession, binding: ort.IOBinding) -> Embeddings:
+        """Run with inputs already bound: the output on the device, copied back once."""
+        assert self._bind_device is not None
+        binding.bind_output(EMBEDDINGS, self._bind_device, self._device_id)
+        session.run_with_iobinding(binding)
+        result: Embeddings = np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
         return result
 
 
