@@ -10,6 +10,7 @@ Passwords are random per session, so a leak check can look for them verbatim.
 from __future__ import annotations
 
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -91,15 +92,19 @@ def secure_redis(
     try:
         url = f"redis://{REDIS_USER}:{password}@127.0.0.1:{port}/0"
         deadline = time.monotonic() + 20
+        # Wait for the port with a plain socket (closed on every try), then PING once as the
+        # ACL user: retrying redis clients against a server still starting can leave a socket
+        # to the garbage collector, which the warnings-as-errors setting reports in a later test.
         while True:
             try:
-                with redis.Redis.from_url(url, socket_timeout=1) as client:
-                    client.ping()
-                break
-            except redis.RedisError:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     pytest.fail("secured redis-server did not start", pytrace=False)
                 time.sleep(0.1)
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            client.ping()
         yield SecureRedis(port, port + 1, password, tls / "ca.pem")
     finally:
         process.terminate()
