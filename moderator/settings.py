@@ -56,6 +56,15 @@ class KafkaSettings(BaseModel):
     sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
     ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
     max_poll_records: int = Field(500, ge=1, description="Records fetched per poll at most.")
+    max_partition_fetch_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Bytes one fetch returns per partition at most (Kafka's default, 1 MiB, "
+        "is two or three inline photos).",
+    )
+    fetch_max_wait_ms: int = Field(
+        500, ge=0, description="Longest the broker holds a fetch while it has too few bytes."
+    )
     session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer session timeout.")
     idempotent_producer: bool = Field(
         True,

@@ -56,6 +56,9 @@ class Optimization(BaseModel):
         default_factory=dict, description="Per graph (vision/text): fused op type → node count."
     )
     note: str | None = Field(None, description="Why a graph was left unoptimized, if it was.")
+    mlp_bias_folded: int = Field(
+        0, description="Vision MLP layers whose fc1 bias rides in the MatMul (a ones column)."
+    )
 
 
 class Manifest(BaseModel):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from moderator.kafka import make_producer
+from moderator.kafka import make_consumer, make_producer
 from moderator.settings import KafkaSettings
 
 
@@ -24,3 +24,16 @@ def test_producer_waits_for_all_replicas_with_or_without_idempotence(idempotent:
     acks, idempotence = asyncio.run(options())
     assert acks == -1
     assert idempotence is idempotent
+
+
+def test_consumer_fetch_sizes_come_from_settings() -> None:
+    async def options() -> tuple[int, int]:
+        consumer = make_consumer(
+            KafkaSettings(max_partition_fetch_bytes=8 << 20, fetch_max_wait_ms=50)
+        )
+        try:
+            return consumer._max_partition_fetch_bytes, consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(options()) == (8 << 20, 50)

@@ -125,6 +125,64 @@ def test_fp16_export_keeps_float32_io_and_matches_pytorch(tiny: Path, tmp_path: 
     assert _min_cosine(runtime.encode_texts(TEXTS), _torch_texts(tiny, TEXTS)) >= 0.999
 
 
+@pytest.fixture(scope="module")
+def tiny_biased(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with non-zero fc1 biases (HF initialises every bias at zero)."""
+    out = tmp_path_factory.mktemp("biased")
+    for item in tiny.iterdir():
+        shutil.copy(item, out)
+    model = transformers.CLIPModel.from_pretrained(tiny)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            bias = layer.mlp.fc1.bias
+            bias.copy_(torch.randn(bias.shape, generator=generator) * 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+def _fc1_inputs(path: Path) -> list[str]:
+    """Op type feeding each QuickGelu's MatMul (Pad when the bias is folded in)."""
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    found = []
+    for node in graph.node:
+        if node.op_type != "QuickGelu":
+            continue
+        producer = made_by[node.input[0]]
+        if producer.op_type == "Add":  # the bias add HF's layout keeps
+            producer = next(made_by[i] for i in producer.input if i in made_by)
+        assert producer.op_type == "MatMul"
+        found.append(made_by[producer.input[0]].op_type)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("precision", "fold", "folded"),
+    [("fp16", None, True), ("fp16", False, False), ("fp32", None, False), ("fp32", True, True)],
+)
+def test_fc1_bias_folds_into_the_matmul_on_fp16_by_default(
+    tiny_biased: Path, tmp_path: Path, precision: Any, fold: bool | None, folded: bool
+) -> None:
+    out = export_clip(
+        str(tiny_biased), tmp_path, precision=precision, fold_mlp_bias=fold, progress=_quiet
+    )
+    manifest = read_manifest(out)
+    assert manifest.optimized.mlp_bias_folded == (2 if folded else 0)
+    inputs = _fc1_inputs(out / "vision.onnx")
+    assert len(inputs) == 2
+    assert all((op == "Pad") == folded for op in inputs), inputs
+    runtime = load_model(out, providers=("cpu",))
+    pixels = _pixels(4, 32)
+    bar = 0.9999 if precision == "fp32" else 0.999
+    assert _min_cosine(runtime.encode_pixels(pixels), _torch_images(tiny_biased, pixels)) >= bar
+
+
+def test_fc1_bias_fold_is_refused_for_int8(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="int8"):
+        export_clip(str(tiny), tmp_path, precision="int8", fold_mlp_bias=True, progress=_quiet)
+
+
 def test_int8_export_quantizes_the_image_tower_only(tiny: Path, tmp_path: Path) -> None:
     out = export_clip(str(tiny), tmp_path, precision="int8", progress=_quiet)
     manifest = read_manifest(out)
