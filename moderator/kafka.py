@@ -58,6 +58,7 @@ def make_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AI
         "max_poll_records": settings.max_poll_records,
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "check_crcs": settings.check_crcs,
         "session_timeout_ms": settings.session_timeout_ms,
         "isolation_level": "read_committed",
     }

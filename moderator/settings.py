@@ -65,6 +65,11 @@ class KafkaSettings(BaseModel):
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="Longest the broker holds a fetch while it has too few bytes."
     )
+    check_crcs: bool = Field(
+        True,
+        description="Verify each fetched batch's CRC32C. It catches corruption at rest on the "
+        "broker; turning it off saves about 0.2 ms of event-loop CPU per 400 KB record.",
+    )
     session_timeout_ms: int = Field(45_000, ge=1000, description="Consumer session timeout.")
     idempotent_producer: bool = Field(
         True,

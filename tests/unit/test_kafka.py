@@ -26,14 +26,19 @@ def test_producer_waits_for_all_replicas_with_or_without_idempotence(idempotent:
     assert idempotence is idempotent
 
 
-def test_consumer_fetch_sizes_come_from_settings() -> None:
-    async def options() -> tuple[int, int]:
+def test_consumer_fetch_options_come_from_settings() -> None:
+    async def options() -> tuple[int, int, bool]:
         consumer = make_consumer(
-            KafkaSettings(max_partition_fetch_bytes=8 << 20, fetch_max_wait_ms=50)
+            KafkaSettings(max_partition_fetch_bytes=8 << 20, fetch_max_wait_ms=50, check_crcs=False)
         )
         try:
-            return consumer._max_partition_fetch_bytes, consumer._fetch_max_wait_ms
+            return (
+                consumer._max_partition_fetch_bytes,
+                consumer._fetch_max_wait_ms,
+                consumer._check_crcs,
+            )
         finally:
             await consumer.stop()
 
-    assert asyncio.run(options()) == (8 << 20, 50)
+    assert asyncio.run(options()) == (8 << 20, 50, False)
+    assert KafkaSettings().check_crcs  # verified unless switched off

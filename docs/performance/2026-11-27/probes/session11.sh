@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The second GPU session's runs (2026-11-27), in the order they ran; JSON lands in $OUT.
 # Expects onnxruntime-gpu and the small wheels installed under /root/site (see the device
-# notes in docs/performance.md) and, for `e2e`/`fetch`, Tansu on 127.0.0.1:9092.
+# notes in docs/performance.md) and, for `e2e`/`fetch`, Tansu on 127.0.0.1:9092. The `-6k`
+# runs were `EVENTS=6000 TAG=-6k SPECS="8:0 8:0,1 16:0,1" session11.sh e2e`.
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 step=${1:?model|e2e|fetch}
@@ -34,7 +35,7 @@ fetch)
 e2e)
   shift
   env=(--service-env MODERATOR_KAFKA__IDEMPOTENT_PRODUCER=false "$@")
-  common=(--model b32 --precision fp16 --events 3000 --unique 64 --producers 4 --duration 10
+  common=(--model b32 --precision fp16 --events ${EVENTS:-3000} --unique 64 --producers 4 --duration 10
           --partitions 16 --peer none --timeout 120)
   tag=${TAG:-}
   for spec in ${SPECS:-1:0 2:0,1 2:0,0 4:0,1 8:0,1 4:0}; do
