@@ -218,6 +218,7 @@ class Service:
             device_id=s.device_ids[0],
             intra_op_threads=s.intra_op_threads,
             verify=s.verify_hashes,
+            attention=s.attention_kernel,
         )
         self._runtimes.append(first)
         info = first.info()
@@ -226,7 +227,13 @@ class Service:
             for device in s.device_ids[1:]:
                 self._runtimes.append(
                     await asyncio.to_thread(
-                        load_model, s.path, providers=s.providers, device_id=device, verify=False
+                        load_model,
+                        s.path,
+                        providers=s.providers,
+                        device_id=device,
+                        intra_op_threads=s.intra_op_threads,
+                        verify=False,
+                        attention=s.attention_kernel,
                     )
                 )
         self.metrics.model_info.info({k: str(v) for k, v in info.items()})

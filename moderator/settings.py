@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from moderator.errors import ConfigError
+from moderator.types import AttentionKernel
 
 ENV_PREFIX = "MODERATOR_"
 NESTED_DELIMITER = "__"
@@ -106,6 +107,11 @@ class ModelSettings(BaseModel):
         default_factory=lambda: [0], description="GPU ids, one inference worker each."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads (0 = auto).")
+    attention_kernel: AttentionKernel = Field(
+        "efficient",
+        description="CUDA fused attention kernel: efficient (CUTLASS), flash, cudnn, or auto "
+        "(ONNX Runtime's choice, cuDNN on Hopper, which sets up each new batch size first).",
+    )
     verify_hashes: bool = Field(True, description="Check every model file's sha256 at load.")
 
 

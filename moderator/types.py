@@ -7,7 +7,7 @@ a later stage names an earlier one's data through these types, never its impleme
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,6 +17,10 @@ Embeddings = NDArray[np.float32]
 
 Pixels = NDArray[np.uint8]
 """Model-ready images, uint8 NHWC (n, size, size, 3); normalization happens inside the graph."""
+
+
+AttentionKernel = Literal["efficient", "flash", "cudnn", "auto"]
+"""The CUDA provider's fused attention kernel; "auto" leaves the choice to ONNX Runtime."""
 
 
 class Decision(StrEnum):

@@ -78,6 +78,10 @@ def model(
             "(already in GPU memory, as after GPU decode)."
         ),
     ] = "host",
+    attention: Annotated[
+        str,
+        typer.Option(help="Our CUDA attention kernel: efficient, flash, cudnn or auto (ORT's)."),
+    ] = "efficient",
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:
@@ -99,6 +103,7 @@ def model(
             threads=threads,
             compile_mode=compile_mode,
             pixels_on=pixels,
+            attention=attention,
         )
     except ModeratorError as exc:
         raise _fail(exc) from exc

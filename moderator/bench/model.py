@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +35,7 @@ from moderator.embed.manifest import read_manifest
 from moderator.embed.paths import DEMO_NAME, resolve_model_path
 from moderator.embed.providers import select_providers
 from moderator.errors import ConfigError
+from moderator.types import AttentionKernel
 
 __all__ = [
     "B32",
@@ -275,6 +276,7 @@ def run_model_bench(
     threads: int = 0,
     compile_mode: str = "default",
     pixels_on: str = "host",
+    attention: str = "efficient",
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:
@@ -292,6 +294,9 @@ def run_model_bench(
         raise ConfigError(f"unknown peer(s) {unknown}; use {list(PEERS)} or none")
     if pixels_on not in PIXELS_ON:
         raise ConfigError(f"--pixels must be one of {list(PIXELS_ON)}, got {pixels_on!r}")
+    kernels = get_args(AttentionKernel)
+    if attention not in kernels:
+        raise ConfigError(f"--attention must be one of {list(kernels)}, got {attention!r}")
     if precision == "auto":
         precision = auto_precision(providers)
     bench_model = resolve_bench_model(
@@ -306,6 +311,7 @@ def run_model_bench(
         max_batch=max(batches),
         intra_op_threads=threads,
         verify=False,
+        attention=cast(AttentionKernel, attention),
     )
     gpu = runtime.provider in ("cuda", "tensorrt")
     if pixels_on == "device" and not gpu:
@@ -324,6 +330,7 @@ def run_model_bench(
         "peers": list(peers),
         "threads": threads or None,
         "compile_mode": compile_mode,
+        "attention_kernel": runtime.info()["attention_kernel"],
         "timing_includes_host_to_device": pixels_on == "host",
         "input": f"uint8 NHWC in {pixels_on} memory; embeddings returned to host memory as float32",
     }

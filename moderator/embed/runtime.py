@@ -35,7 +35,7 @@ from moderator.embed.paths import resolve_model_path
 from moderator.embed.providers import SHORT_NAMES, Provider, select_providers
 from moderator.embed.tokenize import TextTokenizer
 from moderator.errors import ModelError
-from moderator.types import Embeddings, Encoder, Pixels
+from moderator.types import AttentionKernel, Embeddings, Encoder, Pixels
 
 __all__ = ["ClipRuntime", "load_model"]
 
@@ -46,6 +46,9 @@ INPUT_IDS: Final = "input_ids"
 ATTENTION_MASK: Final = "attention_mask"
 EMBEDDINGS: Final = "embeddings"
 _GPU_PROVIDERS: Final = frozenset({"cuda", "tensorrt"})
+
+# The CUDA provider's `sdpa_kernel` bit flags (ORT's AttentionBackend); 0 lets ORT choose.
+_SDPA_KERNEL: Final[dict[str, int]] = {"auto": 0, "flash": 1, "efficient": 2, "cudnn": 8}
 
 
 class ClipRuntime:
@@ -60,8 +63,10 @@ class ClipRuntime:
         tokenizer: TextTokenizer,
         *,
         device_id: int = 0,
+        attention: AttentionKernel = "auto",
     ) -> None:
         self.directory = directory
+        self._attention = attention
         self.manifest = manifest
         self._vision = vision
         self._text = text
@@ -181,6 +186,7 @@ class ClipRuntime:
             "provider": self.provider,
             "providers": list(self._vision.get_providers()),
             "device_id": self._device_id if self.provider in _GPU_PROVIDERS else None,
+            "attention_kernel": self._attention if self.provider == "cuda" else None,
             "precision": self.manifest.precision,
             "optimized": self.manifest.optimized.applied,
             "embed_dim": self.embed_dim,
@@ -264,9 +270,13 @@ def _provider_options(
     device_id: int,
     manifest: Manifest,
     profile: tuple[str, str, str] | None,
+    attention: AttentionKernel = "efficient",
 ) -> dict[str, str]:
     if provider.name == "cuda":
-        return {"device_id": str(device_id)}
+        options = {"device_id": str(device_id)}
+        if _SDPA_KERNEL[attention]:
+            options["sdpa_kernel"] = str(_SDPA_KERNEL[attention])
+        return options
     if provider.name == "tensorrt":
         options = {
             "device_id": str(device_id),
@@ -293,6 +303,7 @@ def _open_session(
     device_id: int,
     manifest: Manifest,
     profile: tuple[str, str, str],
+    attention: AttentionKernel,
 ) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
@@ -301,7 +312,13 @@ def _open_session(
             providers=[
                 (
                     p.ort_name,
-                    _provider_options(p, device_id=device_id, manifest=manifest, profile=profile),
+                    _provider_options(
+                        p,
+                        device_id=device_id,
+                        manifest=manifest,
+                        profile=profile,
+                        attention=attention,
+                    ),
                 )
                 for p in providers
             ],
@@ -318,14 +335,20 @@ def load_model(
     intra_op_threads: int = 0,
     verify: bool = True,
     max_batch: int = 64,
+    attention: AttentionKernel = "efficient",
 ) -> ClipRuntime:
     """Open an exported model directory (or "demo") on the best provider that can run here.
 
     `providers` is an order of preference among "tensorrt", "cuda" and "cpu"; those that
     cannot run on this machine are skipped. `verify` checks every file's sha256 against the
     manifest (about a second per 500 MB). `max_batch` only shapes TensorRT's optimisation
-    profile. TensorRT cannot run the fused com.microsoft ops of an optimized export; export
-    with `optimize=False` for it, or those nodes run on CUDA.
+    profile. `attention` picks the CUDA provider's fused attention kernel. The default,
+    CUTLASS memory-efficient attention, was measured on an H200 against ORT's own choice
+    there, cuDNN flash attention. It was 7 % faster at batch 256 and 10 % at 32 for ViT-B/32
+    fp16, and it needs no set-up per new batch size: cuDNN builds a plan for each shape,
+    about 46 ms the first time a size is seen, and the service sees many sizes. TensorRT
+    cannot run the fused com.microsoft ops of an optimized export; export with
+    `optimize=False` for it, or those nodes run on CUDA.
     """
     directory = resolve_model_path(path)
     manifest = read_manifest(directory)
@@ -343,6 +366,7 @@ def load_model(
         options=options,
         device_id=device_id,
         manifest=manifest,
+        attention=attention,
         profile=(
             f"{PIXELS}:1x{size}x{size}x3",
             f"{PIXELS}:{max_batch}x{size}x{size}x3",
@@ -355,6 +379,7 @@ def load_model(
         options=options,
         device_id=device_id,
         manifest=manifest,
+        attention=attention,
         profile=(
             f"{INPUT_IDS}:1x2",
             f"{INPUT_IDS}:{max_batch}x{ctx}",
@@ -368,6 +393,7 @@ def load_model(
         text,
         TextTokenizer.from_dir(directory, manifest),
         device_id=device_id,
+        attention=attention,
     )
     runtime.warm_up()
     log.info(

@@ -34,6 +34,7 @@ def test_bench_model_runs_tiny_and_reports_json(tmp_path: Path) -> None:
         assert row["ours_ms"] > 0
     assert data["config"]["provider"] == "cpu"
     assert data["config"]["timing_includes_host_to_device"] is True
+    assert data["config"]["attention_kernel"] is None  # a CPU run has no CUDA kernel to pick
     assert data["environment"]["cpu_count"] >= 1
 
 
@@ -56,3 +57,11 @@ def test_unknown_pixels_place_is_refused() -> None:
     )
     assert result.exit_code == 2
     assert "--pixels must be one of ['host', 'device']" in result.output
+
+
+def test_unknown_attention_kernel_is_refused() -> None:
+    result = CliRunner().invoke(
+        app, ["model", "--model", "demo", "--providers", "cpu", "--attention", "fastest"]
+    )
+    assert result.exit_code == 2
+    assert "--attention must be one of ['efficient', 'flash', 'cudnn', 'auto']" in result.output

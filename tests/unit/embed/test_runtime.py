@@ -14,9 +14,12 @@ from PIL import Image
 
 from moderator.decode import decode_image
 from moderator.embed import ClipRuntime, load_model
+from moderator.embed.manifest import read_manifest
 from moderator.embed.paths import DEMO_DIR, resolve_model_path
-from moderator.embed.providers import cuda_device_count
+from moderator.embed.providers import Provider, cuda_device_count
+from moderator.embed.runtime import _provider_options
 from moderator.errors import DecodeError, ModelError, TextTooLong
+from moderator.types import AttentionKernel
 
 SIZE, DIM, CONTEXT = 32, 32, 16  # the tiny export's geometry
 
@@ -200,3 +203,26 @@ def test_c_contiguity_of_device_arrays(
     from moderator.embed.runtime import _c_contiguous
 
     assert _c_contiguous(shape, strides) is expected
+
+
+@pytest.mark.parametrize(
+    ("attention", "sdpa"), [("efficient", "2"), ("flash", "1"), ("cudnn", "8"), ("auto", None)]
+)
+def test_cuda_attention_kernel_becomes_the_sdpa_kernel_option(
+    attention: AttentionKernel, sdpa: str | None, tiny_model: Path
+) -> None:
+    """ORT's `sdpa_kernel` bit flags; "auto" leaves the option out so ORT chooses."""
+    manifest = read_manifest(tiny_model)
+    cuda = Provider("cuda", "CUDAExecutionProvider")
+    options = _provider_options(
+        cuda, device_id=1, manifest=manifest, profile=None, attention=attention
+    )
+    assert options.get("sdpa_kernel") == sdpa
+    assert options["device_id"] == "1"
+    cpu = Provider("cpu", "CPUExecutionProvider")
+    assert _provider_options(cpu, device_id=0, manifest=manifest, profile=None) == {}
+
+
+def test_attention_kernel_is_reported_only_for_cuda(tiny_model: Path) -> None:
+    runtime = load_model(tiny_model, providers=("cpu",), attention="flash")
+    assert runtime.info()["attention_kernel"] is None
