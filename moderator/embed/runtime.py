@@ -270,7 +270,7 @@ def _provider_options(
     device_id: int,
     manifest: Manifest,
     profile: tuple[str, str, str] | None,
-    attention: AttentionKernel = "efficient",
+    attention: AttentionKernel,
 ) -> dict[str, str]:
     if provider.name == "cuda":
         options = {"device_id": str(device_id)}

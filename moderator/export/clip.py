@@ -301,6 +301,9 @@ class _VisionGraph(nn.Module):
         return normalized
 
 
+_ONES: Final = 8  # columns of ones appended for a folded bias
+
+
 class _BiasFoldedMLP(nn.Module):
     """CLIP's MLP with fc1's bias carried by the matrix product itself.
 
@@ -328,9 +331,6 @@ class _BiasFoldedMLP(nn.Module):
         inner = self.activation_fn(torch.matmul(padded, self.fc1_weight))
         out: torch.Tensor = self.fc2(inner)
         return out
-
-
-_ONES: Final = 8
 
 
 class _TextGraph(nn.Module):

@@ -220,7 +220,10 @@ def test_cuda_attention_kernel_becomes_the_sdpa_kernel_option(
     assert options.get("sdpa_kernel") == sdpa
     assert options["device_id"] == "1"
     cpu = Provider("cpu", "CPUExecutionProvider")
-    assert _provider_options(cpu, device_id=0, manifest=manifest, profile=None) == {}
+    options = _provider_options(
+        cpu, device_id=0, manifest=manifest, profile=None, attention=attention
+    )
+    assert options == {}
 
 
 def test_attention_kernel_is_reported_only_for_cuda(tiny_model: Path) -> None:
