@@ -2,9 +2,10 @@
 # Pack what `scripts/services.sh up kafka` needs into two tarballs, for a machine that has
 # neither Java nor network (the lent GPU machine): a jlink'ed Java runtime (with javac, which
 # services.sh uses for its readiness probe) and the Kafka jars this repo resolves from Maven
-# Central. Each stays under 64 MiB.
+# Central. Each stays under 64 MiB, so each can be one carry.
 #
-#   scripts/bundle-kafka.sh OUT_DIR        # needs a JDK 17+ with jlink here, and `services.sh up` run once
+#   scripts/bundle-kafka.sh OUT_DIR   # needs a JDK 21+ (jlink --compress=zip-9) here, named by
+#                                     # JLINK_JDK or on PATH, and `services.sh up kafka` run once
 #
 # There:  tar -C /root -xJf jre.tar.xz && mkdir -p ~/.cache/moderator && tar -C ~/.cache/moderator -xf kafka.tar
 #         PATH=/root/jre/bin:$PATH scripts/services.sh up kafka
@@ -27,5 +28,5 @@ trap 'rm -rf "$work"' EXIT
   --compress=zip-9 --output "$work/jre"
 mkdir -p "$out"
 tar -C "$work" -cJf "$out/jre.tar.xz" jre
-tar -C "$cache" -cf "$out/kafka.tar" "kafka-$version"
+tar -C "$cache" --exclude mvn.log -cf "$out/kafka.tar" "kafka-$version"
 ls -l "$out"

@@ -99,7 +99,9 @@ class Manifest(BaseModel):
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        # Written only when set, so unfolded exports stay readable by services that predate it.
+        exclude = None if self.optimized.mlp_bias_folded else {"optimized": {"mlp_bias_folded"}}
+        path.write_text(self.model_dump_json(indent=2, exclude=exclude) + "\n", encoding="utf-8")
         return path
 
 

@@ -48,7 +48,12 @@ EMBEDDINGS: Final = "embeddings"
 _GPU_PROVIDERS: Final = frozenset({"cuda", "tensorrt"})
 
 # The CUDA provider's `sdpa_kernel` bit flags (ORT's AttentionBackend); 0 lets ORT choose.
-_SDPA_KERNEL: Final[dict[str, int]] = {"auto": 0, "flash": 1, "efficient": 2, "cudnn": 8}
+_SDPA_KERNEL: Final[dict[AttentionKernel, int]] = {
+    "auto": 0,
+    "flash": 1,
+    "efficient": 2,
+    "cudnn": 8,
+}
 
 
 class ClipRuntime:
@@ -186,7 +191,8 @@ class ClipRuntime:
             "provider": self.provider,
             "providers": list(self._vision.get_providers()),
             "device_id": self._device_id if self.provider in _GPU_PROVIDERS else None,
-            "attention_kernel": self._attention if self.provider == "cuda" else None,
+            # TensorRT hands the nodes it cannot run to the CUDA provider, with the same option.
+            "attention_kernel": self._attention if self.provider in _GPU_PROVIDERS else None,
             "precision": self.manifest.precision,
             "optimized": self.manifest.optimized.applied,
             "embed_dim": self.embed_dim,

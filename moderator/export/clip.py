@@ -246,7 +246,8 @@ class _VisionGraph(nn.Module):
     convolution was the largest single kernel (2.1 ms of 10.3 per batch of 256 on an H200,
     ViT-B/32 fp16), where a GEMM of the same size takes a fraction of that, and the NCHW
     transpose and the normalization passes disappear. The rest is HF's tower, module by
-    module; parity with `vision_model(...)` itself is checked after export.
+    module (its MLPs as `_BiasFoldedMLP` when folding); parity with `vision_model(...)`
+    itself is checked after export.
     """
 
     patch_weight: torch.Tensor
@@ -258,8 +259,10 @@ class _VisionGraph(nn.Module):
         self.pre_layrnorm = vision.pre_layrnorm
         self.encoder = vision.encoder
         if fold_mlp_bias:
-            # A copy: the checkpoint's own modules stay untouched for the parity reference.
-            self.encoder = copy.deepcopy(vision.encoder)
+            # A copy of the module tree (sharing the weights): the checkpoint's own modules
+            # stay untouched for the parity reference.
+            shared = {id(t): t for t in (*vision.encoder.parameters(), *vision.encoder.buffers())}
+            self.encoder = copy.deepcopy(vision.encoder, memo=shared)
             for layer in self.encoder.layers:
                 layer.mlp = _BiasFoldedMLP(layer.mlp)
         self.post_layernorm = vision.post_layernorm
@@ -310,8 +313,8 @@ class _BiasFoldedMLP(nn.Module):
     The input gets `_ONES` columns of ones and fc1's weight the matching rows (the bias, then
     zeros): x·W + b = [x, 1]·[W; b]. On CUDA, ORT turns MatMul + Add into a Gemm that first
     broadcasts the bias into the (tokens × 4·width) output in its own kernel (1.1 ms of a
-    10.3 ms ViT-B/32 batch of 256 on an H200); padding the (tokens × width) input is a quarter
-    of that traffic. Eight columns keep the inner dimension a multiple of 8 for tensor cores.
+    10.3 ms ViT-B/32 batch of 256 on an H200); padding the (tokens × width) input moves about
+    half the bytes. Eight columns keep the inner dimension a multiple of 8 for tensor cores.
     Not for int8: a bias row would widen each column's quantization range.
     """
 
@@ -321,7 +324,7 @@ class _BiasFoldedMLP(nn.Module):
         super().__init__()
         weight = mlp.fc1.weight.detach().t()  # (width, inner)
         bias = mlp.fc1.bias.detach().view(1, -1)
-        extra = torch.zeros((_ONES - 1, weight.shape[1]), dtype=weight.dtype)
+        extra = torch.zeros((_ONES - 1, weight.shape[1]), dtype=weight.dtype, device=weight.device)
         self.register_buffer("fc1_weight", torch.cat([weight, bias, extra]).contiguous())
         self.activation_fn = mlp.activation_fn
         self.fc2 = mlp.fc2
@@ -645,11 +648,13 @@ def export_clip(
     `name` overrides the model_id recorded in the manifest (default: hub id or dir name).
     `fold_mlp_bias` (default: fp16 only, the GPU format) writes the vision MLPs' fc1 bias into
     the MatMul; False keeps HF's layout, for comparing the two.
-    Raises ModelError for a missing/unknown/non-CLIP checkpoint, no network, or a graph that
-    disagrees with PyTorch.
+    Raises ModelError for a missing/unknown/non-CLIP checkpoint, no network, a graph that
+    disagrees with PyTorch, or `fold_mlp_bias=True` with int8.
     """
     if precision not in MIN_COSINE:
         raise ModelError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if fold_mlp_bias and precision == "int8":  # refused before `out` is touched
+        raise ModelError("fold_mlp_bias does not apply to int8 exports")
     started = time.perf_counter()
     ckpt = _load(model, progress)
     clip, config = ckpt.model, ckpt.model.config
@@ -678,8 +683,6 @@ def export_clip(
     pixels = rng.integers(0, 256, (_PROBE_IMAGES, size, size, 3), dtype=np.uint8)
     ids, _ = ours.encode(texts)
 
-    if fold_mlp_bias and precision == "int8":
-        raise ModelError("fold_mlp_bias does not apply to int8 exports")
     fold = precision == "fp16" if fold_mlp_bias is None else fold_mlp_bias
     graphs: list[_Graph] = []
     with tempfile.TemporaryDirectory(prefix="moderator-export-") as tmp:

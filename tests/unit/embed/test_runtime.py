@@ -7,6 +7,7 @@ import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from moderator.decode import decode_image
 from moderator.embed import ClipRuntime, load_model
+from moderator.embed import runtime as runtime_module
 from moderator.embed.manifest import read_manifest
 from moderator.embed.paths import DEMO_DIR, resolve_model_path
 from moderator.embed.providers import Provider, cuda_device_count
@@ -226,6 +228,27 @@ def test_cuda_attention_kernel_becomes_the_sdpa_kernel_option(
     assert options == {}
 
 
-def test_attention_kernel_is_reported_only_for_cuda(tiny_model: Path) -> None:
+def test_attention_kernel_is_reported_only_for_gpus(tiny_model: Path) -> None:
     runtime = load_model(tiny_model, providers=("cpu",), attention="flash")
     assert runtime.info()["attention_kernel"] is None
+
+
+def test_load_model_hands_the_attention_kernel_to_the_cuda_provider(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: stand in for provider selection, record what the session is asked for."""
+    asked: list[Any] = []
+
+    def session(path: str, **kwargs: Any) -> None:
+        asked.append(kwargs["providers"])
+        raise RuntimeError("recorded; no CUDA on this machine")
+
+    monkeypatch.setattr(
+        runtime_module,
+        "select_providers",
+        lambda *a, **k: [Provider("cuda", "CUDAExecutionProvider")],
+    )
+    monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
+    with pytest.raises(ModelError, match="recorded"):
+        load_model(tiny_model, providers=("cuda",), device_id=2)
+    assert asked == [[("CUDAExecutionProvider", {"device_id": "2", "sdpa_kernel": "2"})]]

@@ -169,6 +169,9 @@ def test_fc1_bias_folds_into_the_matmul_on_fp16_by_default(
     )
     manifest = read_manifest(out)
     assert manifest.optimized.mlp_bias_folded == (2 if folded else 0)
+    # Left out of unfolded manifests, which older services (extra="forbid") still read.
+    raw = json.loads((out / "manifest.json").read_text())["optimized"]
+    assert ("mlp_bias_folded" in raw) == folded
     inputs = _fc1_inputs(out / "vision.onnx")
     assert len(inputs) == 2
     assert all((op == "Pad") == folded for op in inputs), inputs
@@ -178,9 +181,26 @@ def test_fc1_bias_folds_into_the_matmul_on_fp16_by_default(
     assert _min_cosine(runtime.encode_pixels(pixels), _torch_images(tiny_biased, pixels)) >= bar
 
 
-def test_fc1_bias_fold_is_refused_for_int8(tiny: Path, tmp_path: Path) -> None:
+def test_fc1_bias_fold_is_refused_for_int8_before_anything_is_written(
+    tiny: Path, tmp_path: Path
+) -> None:
+    out = export_clip(str(tiny), tmp_path, progress=_quiet)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(ModelError, match="int8"):
-        export_clip(str(tiny), tmp_path, precision="int8", fold_mlp_bias=True, progress=_quiet)
+        export_clip(str(tiny), out, precision="int8", fold_mlp_bias=True, progress=_quiet)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # still loadable
+
+
+def test_folding_leaves_the_checkpoint_modules_alone(tiny_biased: Path) -> None:
+    from moderator.export.clip import _load, _preprocess, _VisionGraph
+
+    ckpt = _load(str(tiny_biased), _quiet)
+    graph = _VisionGraph(ckpt.model, _preprocess(ckpt), fold_mlp_bias=True)
+    original = ckpt.model.vision_model.encoder.layers[0]
+    assert type(original.mlp).__name__ == "CLIPMLP"
+    assert type(graph.encoder.layers[0].mlp).__name__ == "_BiasFoldedMLP"
+    # The copy shares the weights instead of duplicating them.
+    assert graph.encoder.layers[0].self_attn.q_proj.weight is original.self_attn.q_proj.weight
 
 
 def test_int8_export_quantizes_the_image_tower_only(tiny: Path, tmp_path: Path) -> None:
