@@ -42,7 +42,8 @@ e2e)
       --out "$OUT/e2e-r$n-d${devices//,/}.json" 2>&1 | tail -3
   done
   ;;
-resize)
+resize)  # carry .device/nv in this call
+  python3 -m pip install -q --no-deps --target /root/site .device/nv/*.whl
   python3 docs/performance/2026-11-27/probes/resize_graph.py gpu 2>&1 | grep -v "^\[" | tail -6
   ;;
 esac
