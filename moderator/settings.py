@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from moderator.errors import ConfigError
-from moderator.types import AttentionKernel
+from moderator.types import DEFAULT_ATTENTION, AttentionKernel
 
 ENV_PREFIX = "MODERATOR_"
 NESTED_DELIMITER = "__"
@@ -108,7 +108,7 @@ class ModelSettings(BaseModel):
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads (0 = auto).")
     attention_kernel: AttentionKernel = Field(
-        "efficient",
+        DEFAULT_ATTENTION,
         description="CUDA fused attention kernel: efficient (CUTLASS), flash, cudnn, or auto "
         "(ONNX Runtime's choice, cuDNN on Hopper, which sets up each new batch size first).",
     )

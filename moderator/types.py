@@ -22,6 +22,9 @@ Pixels = NDArray[np.uint8]
 AttentionKernel = Literal["efficient", "flash", "cudnn", "auto"]
 """The CUDA provider's fused attention kernel; "auto" leaves the choice to ONNX Runtime."""
 
+DEFAULT_ATTENTION: AttentionKernel = "efficient"
+"""What `serve` and the benches use unless told otherwise (measured: see `load_model`)."""
+
 
 class Decision(StrEnum):
     """A verdict's outcome, strongest first when compared by `Decision.rank`."""

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from moderator.errors import ConfigError, ModeratorError
+from moderator.types import DEFAULT_ATTENTION
 
 app = typer.Typer(
     help="Benchmarks that print figures (never timed tests).",
@@ -81,7 +82,7 @@ def model(
     attention: Annotated[
         str,
         typer.Option(help="Our CUDA attention kernel: efficient, flash, cudnn or auto (ORT's)."),
-    ] = "efficient",
+    ] = DEFAULT_ATTENTION,
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:

@@ -35,7 +35,7 @@ from moderator.embed.manifest import read_manifest
 from moderator.embed.paths import DEMO_NAME, resolve_model_path
 from moderator.embed.providers import select_providers
 from moderator.errors import ConfigError
-from moderator.types import AttentionKernel
+from moderator.types import DEFAULT_ATTENTION, AttentionKernel
 
 __all__ = [
     "B32",
@@ -276,7 +276,7 @@ def run_model_bench(
     threads: int = 0,
     compile_mode: str = "default",
     pixels_on: str = "host",
-    attention: str = "efficient",
+    attention: str = DEFAULT_ATTENTION,
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:

@@ -35,7 +35,7 @@ from moderator.embed.paths import resolve_model_path
 from moderator.embed.providers import SHORT_NAMES, Provider, select_providers
 from moderator.embed.tokenize import TextTokenizer
 from moderator.errors import ModelError
-from moderator.types import AttentionKernel, Embeddings, Encoder, Pixels
+from moderator.types import DEFAULT_ATTENTION, AttentionKernel, Embeddings, Encoder, Pixels
 
 __all__ = ["ClipRuntime", "load_model"]
 
@@ -341,7 +341,7 @@ def load_model(
     intra_op_threads: int = 0,
     verify: bool = True,
     max_batch: int = 64,
-    attention: AttentionKernel = "efficient",
+    attention: AttentionKernel = DEFAULT_ATTENTION,
 ) -> ClipRuntime:
     """Open an exported model directory (or "demo") on the best provider that can run here.
 
