@@ -5,6 +5,11 @@ or `max_wait_s` has passed since that first image, whichever is first. It never 
 no load it sleeps in `Queue.get`, under full load batches leave at `max_batch` without
 waiting. One worker per inference runtime (one per GPU); inference runs in that worker's
 own thread so the event loop keeps serving heartbeats, fetches and commits.
+
+An item is either decoded pixels or, where a worker has a GPU decoder (`DeviceInfer`), the
+encoded JPEG bytes (`embed_encoded`): that worker decodes them on its GPU as part of the
+batch. An image the GPU cannot take fails with `NotDecoded`, and the caller decodes it on
+the CPU and sends the pixels instead.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from moderator.types import Embeddings, Pixels
 log = get("batch")
 
 Infer = Callable[[Pixels], Embeddings]
+Item = Pixels | bytes
+DeviceInfer = Callable[[list[Item]], tuple[Embeddings, dict[int, str]]]
+"""A batch of pixels and JPEG bytes → one embedding row per item, and {item index: why} for
+the bytes it could not decode (their rows are meaningless)."""
+
+
+class NotDecoded(Exception):
+    """The GPU did not decode these bytes; decode them on the CPU and embed the pixels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +50,7 @@ class Embedded:
 
 @dataclass(slots=True)
 class _Item:
-    pixels: Pixels
+    pixels: Item
     future: asyncio.Future[Embedded]
     enqueued: float
 
@@ -49,6 +62,7 @@ class Batcher:
         self,
         infers: Sequence[Infer],
         *,
+        device_infers: Sequence[DeviceInfer | None] | None = None,
         max_batch: int,
         max_wait_s: float,
         on_batch: Callable[[int, float, float], None] | None = None,
@@ -56,6 +70,9 @@ class Batcher:
         if not infers:
             raise ValueError("at least one inference callable is needed")
         self._infers = list(infers)
+        self._device_infers = list(device_infers or [None] * len(self._infers))
+        if len(self._device_infers) != len(self._infers):
+            raise ValueError("one device_infers entry (or None) per inference callable")
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._on_batch = on_batch or (lambda size, queued, seconds: None)
@@ -64,10 +81,13 @@ class Batcher:
         self._pools: list[ThreadPoolExecutor] = []
 
     def start(self) -> None:
-        for index, infer in enumerate(self._infers):
+        for index, (infer, device) in enumerate(
+            zip(self._infers, self._device_infers, strict=True)
+        ):
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{index}")
             self._pools.append(pool)
-            self._tasks.append(asyncio.create_task(self._work(infer, pool), name=f"batch-{index}"))
+            task = asyncio.create_task(self._work(infer, device, pool), name=f"batch-{index}")
+            self._tasks.append(task)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -82,10 +102,22 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether every worker can take JPEG bytes (`embed_encoded`)."""
+        return all(d is not None for d in self._device_infers)
+
     async def embed(self, pixels: Pixels) -> Embedded:
         """Embed one (S, S, 3) image; resolves when its batch has run."""
+        return await self._submit(pixels)
+
+    async def embed_encoded(self, data: bytes) -> Embedded:
+        """Embed one JPEG, decoded on the GPU with its batch; `NotDecoded` if it was not."""
+        return await self._submit(bytes(data))
+
+    async def _submit(self, item: Item) -> Embedded:
         future: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(pixels, future, time.monotonic()))
+        self._queue.put_nowait(_Item(item, future, time.monotonic()))
         return await future
 
     async def _gather(self) -> list[_Item]:
@@ -107,7 +139,25 @@ class Batcher:
                 break
         return [item for item in batch if not item.future.cancelled()]
 
-    async def _work(self, infer: Infer, pool: ThreadPoolExecutor) -> None:
+    @staticmethod
+    async def _host_only(
+        infer: Infer, items: list[Item], pool: ThreadPoolExecutor
+    ) -> tuple[Embeddings, dict[int, str]]:
+        """The pixels through `infer`; bytes (sent to a worker without a GPU decoder) fail."""
+        failed = {i: "no GPU decoder here" for i, p in enumerate(items) if isinstance(p, bytes)}
+        hosts = [p for p in items if not isinstance(p, bytes)]
+        if not hosts:
+            return np.zeros((len(items), 0), np.float32), failed
+        rows = await asyncio.get_running_loop().run_in_executor(pool, infer, np.stack(hosts))
+        if not failed:
+            return rows, failed
+        out = np.zeros((len(items), rows.shape[1]), np.float32)
+        out[[i for i in range(len(items)) if i not in failed]] = rows
+        return out, failed
+
+    async def _work(
+        self, infer: Infer, device: DeviceInfer | None, pool: ThreadPoolExecutor
+    ) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
@@ -116,8 +166,11 @@ class Batcher:
             started = time.monotonic()
             queued = max(started - item.enqueued for item in batch)
             try:
-                pixels = np.stack([item.pixels for item in batch])
-                embeddings = await loop.run_in_executor(pool, infer, pixels)
+                items = [item.pixels for item in batch]
+                if device is not None and any(isinstance(p, bytes) for p in items):
+                    embeddings, failed = await loop.run_in_executor(pool, device, items)
+                else:
+                    embeddings, failed = await self._host_only(infer, items, pool)
             except Exception as exc:  # inference failures are the service's, not the event's
                 log.exception("inference failed", extra={"fields": {"batch": len(batch)}})
                 for item in batch:
@@ -126,8 +179,12 @@ class Batcher:
                 continue
             seconds = time.monotonic() - started
             self._on_batch(len(batch), queued, seconds)
-            for item, row in zip(batch, embeddings, strict=True):
-                if not item.future.done():
+            for index, (item, row) in enumerate(zip(batch, embeddings, strict=True)):
+                if item.future.done():
+                    continue
+                if index in failed:
+                    item.future.set_exception(NotDecoded(failed[index]))
+                else:
                     item.future.set_result(
                         Embedded(row, started - item.enqueued, seconds, len(batch))
                     )

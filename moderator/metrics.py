@@ -113,6 +113,13 @@ class Metrics:
         self.model_info = Info(
             "moderator_model", "The loaded model (id, sha256, provider, precision).", registry=r
         )
+        self.decodes = Counter(
+            "moderator_decodes",
+            "Images decoded, by where (cpu, gpu); gpu_refused counts JPEGs the GPU handed back "
+            "to the CPU.",
+            ["path"],
+            registry=r,
+        )
         self.ready = Gauge("moderator_ready", "1 when /readyz answers ready.", registry=r)
         self.commits = Counter(
             "moderator_offset_commits",

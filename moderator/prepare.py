@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from moderator.decode import PreprocessSpec, decode_image
+from moderator.decode_gpu import gpu_eligible
 from moderator.events import ImageEvent, parse_event
 from moderator.types import Pixels
 
@@ -34,16 +35,26 @@ class Prepared:
 
     event: ImageEvent  # image_bytes is always None here
     image_sha256: str | None  # None for a URL event: the loop fetches, hashes and decodes it
-    pixels: Pixels | None  # None for a URL event
+    pixels: Pixels | None  # None for a URL event, or when `jpeg` is set
+    jpeg: bytes | None = None  # the image, left for the GPU to decode (`keep_jpeg`)
 
 
 def prepare_record(
-    value: bytes | None, headers: Headers, *, max_bytes: int, spec: PreprocessSpec
+    value: bytes | None,
+    headers: Headers,
+    *,
+    max_bytes: int,
+    spec: PreprocessSpec,
+    keep_jpeg: bool = False,
 ) -> Prepared:
-    """Parse one record; for an inline image also hash and decode it."""
+    """Parse one record; for an inline image also hash and decode it. With `keep_jpeg`, a
+    JPEG the GPU decoder takes (`gpu_eligible`) comes back undecoded instead."""
     event = parse_event(value, headers, max_bytes=max_bytes)
     data = event.image_bytes
     if data is None:
         return Prepared(event, None, None)
     digest = hashlib.sha256(data).hexdigest()
-    return Prepared(replace(event, image_bytes=None), digest, decode_image(data, spec))
+    event = replace(event, image_bytes=None)
+    if keep_jpeg and gpu_eligible(data, spec):
+        return Prepared(event, digest, None, data)
+    return Prepared(event, digest, decode_image(data, spec))

@@ -1,7 +1,8 @@
 """`moderator serve`: events in from Kafka, verdicts out, at-least-once.
 
 Per record: parse → acquire (inline or URL) → image sha256 → cached embedding, or decode (process
-pool; without a cache, an inline record is parsed, hashed and decoded there in one trip) →
+pool; without a cache, an inline record is parsed, hashed and decoded there in one trip; with
+GPU decoding on, JPEGs skip the CPU decode and are decoded on the GPU with their batch) →
 batch → embed (one inference thread per device) → score with the policy in force → publish
 verdict (or DLQ record) and await its ack → mark the offset finished. A commit loop commits
 each partition's contiguous finished prefix (see `offsets.py`, `publish.py` and
@@ -21,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,12 @@ from aiokafka.structs import ConsumerRecord
 
 from moderator import kafka
 from moderator.acquire import Fetcher, FetchPolicy
-from moderator.batch import Batcher
+from moderator.batch import Batcher, DeviceInfer, NotDecoded
 from moderator.cache import RedisEmbeddingCache
 from moderator.decode import PreprocessSpec, decode_image
+from moderator.decode_gpu import GpuJpegDecoder, gpu_eligible
 from moderator.embed import ClipRuntime, load_model
-from moderator.errors import ModeratorError
+from moderator.errors import ConfigError, ModeratorError
 from moderator.events import ImageEvent, parse_event
 from moderator.http import HealthServer
 from moderator.log import configure, get
@@ -71,6 +74,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._service.partitions_assigned({(tp.topic, tp.partition) for tp in assigned})
 
 
+@dataclass(frozen=True, slots=True)
+class _GpuJpeg:
+    """Image bytes a decode process already found fit for the GPU decoder (`gpu_eligible`)."""
+
+    data: bytes
+
+
 class Service:
     """One consumer-group member. `run()` returns the process exit code."""
 
@@ -93,6 +103,7 @@ class Service:
         self._batcher: Batcher | None = None
         self._decode_pool: ProcessPoolExecutor | None = None
         self._spec: PreprocessSpec | None = None
+        self._gpu_decoders: list[GpuJpegDecoder] = []
         self._dlq_limit = kafka.DEFAULT_MAX_MESSAGE_BYTES
         self.http: HealthServer | None = None
 
@@ -176,8 +187,14 @@ class Service:
             max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
         )
         self._fetcher = Fetcher(FetchPolicy.from_settings(s.pipeline))
+        self._open_gpu_decoders()
+        device_infers: list[DeviceInfer | None] = [
+            partial(decoder.embed, encode=runtime.encode_device_pixels)
+            for decoder, runtime in zip(self._gpu_decoders, self._runtimes, strict=False)
+        ]  # one per runtime, or none at all
         self._batcher = Batcher(
             [rt.encode_pixels for rt in self._runtimes],
+            device_infers=device_infers or None,
             max_batch=s.pipeline.max_batch,
             max_wait_s=s.pipeline.max_wait_ms / 1000,
             on_batch=self._batch_done,
@@ -208,6 +225,34 @@ class Service:
                 }
             },
         )
+
+    def _open_gpu_decoders(self) -> None:
+        """One GPU JPEG decoder per runtime, as `pipeline.gpu_decode` asks: "auto" goes on
+        without them (CPU decoding) and says why at INFO; "on" refuses to start."""
+        assert self._spec is not None
+        mode = self.settings.pipeline.gpu_decode
+        if mode == "off":
+            return
+        try:
+            if any(rt.provider == "cpu" for rt in self._runtimes):
+                raise ConfigError("the model runs on the CPU")
+            for runtime in self._runtimes:
+                self._gpu_decoders.append(
+                    GpuJpegDecoder(
+                        self._spec,
+                        device_id=int(runtime.info()["device_id"]),
+                        max_batch=self.settings.pipeline.max_batch,
+                    )
+                )
+        except ModeratorError as exc:
+            for decoder in self._gpu_decoders:
+                decoder.close()
+            self._gpu_decoders.clear()
+            if mode == "on":
+                raise ConfigError(f"pipeline.gpu_decode is on, but: {exc}") from exc
+            log.info("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
+            return
+        log.info("JPEGs decode on the GPU", extra={"fields": {"gpus": len(self._gpu_decoders)}})
 
     async def _load_models(self) -> None:
         s = self.settings.model
@@ -254,6 +299,8 @@ class Service:
                 await closer
             except Exception:  # closing must go on for the rest
                 log.exception("error while closing")
+        for decoder in self._gpu_decoders:
+            decoder.close()
         if self._decode_pool is not None:
             # Wait for the workers to exit: a pool abandoned with wait=False can leave its
             # forkserver and a worker blocked on each other's pipes after this process ends.
@@ -487,9 +534,10 @@ class Service:
 
     async def _prepare(
         self, record: ConsumerRecord[bytes, bytes], timings: dict[str, float]
-    ) -> tuple[ImageEvent, str, Pixels | None, bytes | None, int]:
+    ) -> tuple[ImageEvent, str, Pixels | None, bytes | _GpuJpeg | None, int]:
         """Parse, acquire and hash one record: (event, image sha256, pixels or None, image
-        bytes or None, fetch attempts).
+        bytes or None, fetch attempts). With GPU decoding on, a JPEG a decode process found
+        fit for the GPU comes back undecoded, marked as such (`_GpuJpeg`).
 
         Without a cache every image is decoded anyway, so an inline record goes to a decode
         process once, for parsing, hashing and decoding: base64, JSON and sha256 of large
@@ -509,6 +557,7 @@ class Service:
                     list(record.headers),
                     max_bytes=max_bytes,
                     spec=self._spec,
+                    keep_jpeg=bool(self._gpu_decoders),
                 ),
             )
             # Its own stage: waiting for a worker, parsing, hashing and decoding.
@@ -516,7 +565,8 @@ class Service:
             self.metrics.stage_seconds.labels("prepare").observe(timings["prepare"])
             event = prepared.event
             if prepared.image_sha256 is not None:
-                return event, prepared.image_sha256, prepared.pixels, None, 1
+                jpeg = None if prepared.jpeg is None else _GpuJpeg(prepared.jpeg)
+                return event, prepared.image_sha256, prepared.pixels, jpeg, 1
         else:
             event = parse_event(record.value, record.headers, max_bytes=max_bytes)
         data, attempts = await self._acquire(event, timings)
@@ -526,7 +576,7 @@ class Service:
         self,
         image_sha: str,
         pixels: Pixels | None,
-        data: bytes | None,
+        data: bytes | _GpuJpeg | None,
         timings: dict[str, float],
     ) -> tuple[np.ndarray, bool]:
         """The image's embedding: from the cache, or `pixels` (decoded from `data` in a decode
@@ -538,15 +588,34 @@ class Service:
             hit = (await self._cache.get_many(namespace, [image_sha]))[0]
             if hit is not None and hit.shape == (runtime.embed_dim,):
                 return hit, True
+        embedded = None
         if pixels is None:
             assert data is not None
             assert self._spec is not None
-            t = time.monotonic()
-            loop = asyncio.get_running_loop()
-            pixels = await loop.run_in_executor(self._decode_pool, decode_image, data, self._spec)
-            timings["decode"] = time.monotonic() - t
-            self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
-        embedded = await self._batcher.embed(pixels)
+            if isinstance(data, _GpuJpeg):
+                data = data.data
+                gpu = True
+            else:  # fetched, or parsed on the loop: not looked at yet
+                gpu = bool(self._gpu_decoders) and gpu_eligible(data, self._spec)
+            if gpu:
+                try:
+                    embedded = await self._batcher.embed_encoded(data)
+                    self.metrics.decodes.labels("gpu").inc()
+                except NotDecoded as exc:
+                    self.metrics.decodes.labels("gpu_refused").inc()
+                    log.debug("GPU did not decode", extra={"fields": {"why": str(exc)}})
+            if embedded is None:
+                t = time.monotonic()
+                loop = asyncio.get_running_loop()
+                pixels = await loop.run_in_executor(
+                    self._decode_pool, decode_image, data, self._spec
+                )
+                timings["decode"] = time.monotonic() - t
+                self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
+        if embedded is None:
+            assert pixels is not None
+            self.metrics.decodes.labels("cpu").inc()
+            embedded = await self._batcher.embed(pixels)
         timings["queue"] = embedded.queued_s
         timings["inference"] = embedded.inference_s
         if self._cache is not None:

@@ -7,10 +7,13 @@ Three CPU figures for our `decode_image`, per format:
 - `pool`: images submitted one by one to a `ProcessPoolExecutor`, as the service does, so
   the figure includes pickling the bytes in and the pixels out.
 
-And, when torch and a CUDA device are present, the GPU path: batches of JPEG bytes decoded
-by nvJPEG (torchcodec, else torchvision), resized and centre-cropped on the GPU
-(`gpu_preprocess`). The service does not use it yet; this measures what it would give. PNG has
-no GPU decoder, so it is CPU-only.
+On a CUDA machine, two GPU paths for batches of JPEG bytes:
+- `gpu (serve)`: what `serve` runs, `moderator.decode_gpu.GpuJpegDecoder` (nvImageCodec on the
+  hardware JPEG engines, then one ONNX Runtime resize-and-crop call per batch), with its
+  pixels compared against the CPU path's;
+- `gpu (torchvision|torchcodec)`: nvJPEG through torch, resized and centre-cropped by torch
+  (`gpu_preprocess`), the peer a torch user would write.
+PNG has no GPU decoder, so it is CPU-only.
 """
 
 from __future__ import annotations
@@ -240,6 +243,51 @@ def _gpu_rate(
             return done / elapsed, name
 
 
+def _serve_gpu_rate(
+    jpegs: list[bytes], spec: PreprocessSpec, seconds: float, batch: int
+) -> tuple[float, dict[str, float]]:
+    """`serve`'s GPU decoder over batches of `batch`; (img/s, pixel difference vs the CPU)."""
+    from moderator.decode_gpu import GpuJpegDecoder
+
+    decoder = GpuJpegDecoder(spec, device_id=0, max_batch=batch)
+    try:
+        batches = [
+            [jpegs[(start + k) % len(jpegs)] for k in range(batch)]
+            for start in range(0, max(len(jpegs), batch), batch)
+        ]
+        first = decoder.fill(batches[0])  # nvImageCodec and cuDNN set-up happen here
+        if first.failures:
+            raise RuntimeError(f"GPU decoder refused bench images: {first.failures}")
+        got = decoder.to_host(first)[:8].astype(np.int16)
+        want = np.stack([decode_image(b, spec) for b in batches[0][:8]]).astype(np.int16)
+        diff = np.abs(got - want)
+        parity = {"mean_abs": float(diff.mean()), "max_abs": float(diff.max())}
+        done = 0
+        started = time.perf_counter()
+        while True:
+            for chunk in batches:
+                decoder.fill(chunk)  # returns once the batch is on the device
+                done += len(chunk)
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                return done / elapsed, parity
+    finally:
+        decoder.close()
+
+
+def _serve_gpu_problem() -> str | None:
+    """Why `serve`'s GPU decoder cannot run here, or None."""
+    from moderator.embed.providers import select_providers
+
+    if select_providers(["cuda"])[0].name != "cuda":
+        return "GPU decode (serve) skipped: onnxruntime's CUDA provider cannot run here"
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return "GPU decode (serve) skipped: nvImageCodec is not installed (the gpu extra)"
+    return None
+
+
 def _gpu_problem() -> str | None:
     """Why the GPU path cannot run here, or None. torch is imported only when installed."""
     try:
@@ -278,7 +326,8 @@ def run_decode_bench(
 ) -> Report:
     """Decode rates of 1024×768 photo-like JPEGs and PNGs at crop size `size`.
 
-    `ratio` is the GPU JPEG rate ÷ the all-cores CPU JPEG rate (null without a GPU).
+    `ratio` is `serve`'s GPU JPEG rate ÷ the all-cores CPU JPEG rate (null without a GPU);
+    `ratio_vs_torch` is `serve`'s GPU rate ÷ the torch nvJPEG peer's.
     """
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}")
@@ -316,8 +365,26 @@ def run_decode_bench(
         progress(f"{fmt}: pool submit ({cores} processes)")
         rate = _pool_submit(data, spec, seconds, cores)
         report.rows.append(_row("cpu pool submit", fmt, cores, rate))
+    serve_rate = None
+    problem = _serve_gpu_problem() if gpu else "GPU decode skipped: --no-gpu"
+    if problem is None:
+        progress(f"JPEG: GPU as serve runs it, batches of {gpu_batch}")
+        try:
+            serve_rate, parity = _serve_gpu_rate(by_format["JPEG"], spec, seconds, gpu_batch)
+        except Exception as exc:  # driver/codec problems: report them, keep the other figures
+            report.notes.append(f"GPU decode (serve) failed: {type(exc).__name__}: {exc}")
+        else:
+            report.rows.append(_row("gpu (serve: nvimgcodec + ort)", "JPEG", 1, serve_rate))
+            report.config["serve_gpu_vs_cpu_pixels"] = parity
+            report.notes.append(
+                "gpu (serve): pixels differ from the CPU path's by "
+                f"{parity['mean_abs']:.2f} levels on average (max {parity['max_abs']:.0f}): "
+                "full decode vs the CPU path's JPEG draft"
+            )
+    else:
+        report.notes.append(problem)
     gpu_rate = None
-    problem = _gpu_problem() if gpu else "GPU decode skipped: --no-gpu"
+    problem = _gpu_problem() if gpu else None
     if problem is None:
         progress(f"JPEG: GPU, batches of {gpu_batch}")
         try:
@@ -330,7 +397,7 @@ def run_decode_bench(
             report.notes.append(
                 "gpu: host JPEG bytes in, (n, S, S, 3) uint8 pixels left on the device"
             )
-    else:
+    elif problem is not None:
         report.notes.append(problem)
     report.notes.append(
         "all cores: each process decodes its own copy of the images (no IPC); pool submit: "
@@ -338,9 +405,11 @@ def run_decode_bench(
     )
     cpu_all = rates[("cpu-all-cores", "JPEG")]
     report.results = {
-        "ratio": gpu_rate / cpu_all if gpu_rate is not None else None,
+        "ratio": serve_rate / cpu_all if serve_rate is not None else None,
         "peer": "cpu-all-cores JPEG",
+        "ratio_vs_torch": serve_rate / gpu_rate if serve_rate and gpu_rate else None,
         "jpeg_img_s": {"cpu_1_core": rates[("cpu-1-core", "JPEG")], "cpu_all_cores": cpu_all}
+        | ({"gpu_serve": serve_rate} if serve_rate is not None else {})
         | ({"gpu": gpu_rate} if gpu_rate is not None else {}),
         "png_img_s": {
             "cpu_1_core": rates[("cpu-1-core", "PNG")],

@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from moderator.batch import Batcher
+from moderator.batch import Batcher, NotDecoded
 
 
 def _infer_recording(sizes: list[int]):  # type: ignore[no-untyped-def]
@@ -62,3 +62,78 @@ async def test_inference_failure_reaches_every_waiter() -> None:
     finally:
         await batcher.stop()
     assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+
+def _device_infer_recording(calls: list[list[str]]):  # type: ignore[no-untyped-def]
+    """Stands in for a GPU decoder + model: bytes b"<n>" embed as n, b"bad" is refused."""
+
+    def device(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+        calls.append(["bytes" if isinstance(i, bytes) else "pixels" for i in items])
+        rows = np.zeros((len(items), 1), np.float32)
+        failed: dict[int, str] = {}
+        for index, item in enumerate(items):
+            if isinstance(item, bytes) and item == b"bad":
+                failed[index] = "corrupt scan"
+            elif isinstance(item, bytes):
+                rows[index] = float(item.decode())
+            else:
+                rows[index] = float(item.mean())
+        return rows, failed
+
+    return device
+
+
+async def test_jpeg_bytes_and_pixels_share_a_batch_on_a_worker_that_decodes() -> None:
+    calls: list[list[str]] = []
+    sizes: list[int] = []
+    batcher = Batcher(
+        [_infer_recording(sizes)],
+        device_infers=[_device_infer_recording(calls)],
+        max_batch=4,
+        max_wait_s=5.0,
+    )
+    batcher.start()
+    try:
+        assert batcher.decodes_on_device
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                batcher.embed_encoded(b"7"),
+                batcher.embed(np.full((2, 2, 3), 3, np.uint8)),
+                batcher.embed_encoded(b"bad"),
+                batcher.embed_encoded(b"9"),
+                return_exceptions=True,
+            ),
+            timeout=3.0,
+        )
+    finally:
+        await batcher.stop()
+    assert calls == [["bytes", "pixels", "bytes", "bytes"]]  # one batch, in arrival order
+    assert sizes == []  # the pixels-only path was not used
+    assert float(outcomes[0].embedding[0]) == 7.0  # type: ignore[union-attr]
+    assert float(outcomes[1].embedding[0]) == 3.0  # type: ignore[union-attr]
+    assert isinstance(outcomes[2], NotDecoded)
+    assert "corrupt scan" in str(outcomes[2])
+    assert float(outcomes[3].embedding[0]) == 9.0  # type: ignore[union-attr]
+
+
+async def test_a_worker_without_a_gpu_decoder_hands_bytes_back_and_embeds_the_rest() -> None:
+    sizes: list[int] = []
+    batcher = Batcher([_infer_recording(sizes)], max_batch=3, max_wait_s=5.0)
+    batcher.start()
+    try:
+        assert not batcher.decodes_on_device
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                batcher.embed(np.full((2, 2, 3), 5, np.uint8)),
+                batcher.embed_encoded(b"7"),
+                batcher.embed(np.full((2, 2, 3), 6, np.uint8)),
+                return_exceptions=True,
+            ),
+            timeout=3.0,
+        )
+    finally:
+        await batcher.stop()
+    assert sizes == [2]
+    assert float(outcomes[0].embedding[0]) == 5.0  # type: ignore[union-attr]
+    assert isinstance(outcomes[1], NotDecoded)
+    assert float(outcomes[2].embedding[0]) == 6.0  # type: ignore[union-attr]

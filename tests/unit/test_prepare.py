@@ -93,3 +93,19 @@ def test_prepared_records_pickle() -> None:
     again = pickle.loads(pickle.dumps(prepared))
     assert again.event == prepared.event
     assert again.image_sha256 == prepared.image_sha256
+
+
+def test_keep_jpeg_leaves_a_gpu_fit_jpeg_undecoded_and_decodes_the_rest() -> None:
+    spec = PreprocessSpec.for_model(32, 32)
+    data = _jpeg()
+    kept = prepare_record(_inline(data), [], max_bytes=1 << 20, spec=spec, keep_jpeg=True)
+    assert kept.jpeg == data
+    assert kept.pixels is None
+    assert kept.image_sha256 == hashlib.sha256(data).hexdigest()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (0, 90, 200)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    decoded = prepare_record(_inline(png), [], max_bytes=1 << 20, spec=spec, keep_jpeg=True)
+    assert decoded.jpeg is None
+    assert decoded.pixels is not None
+    np.testing.assert_array_equal(decoded.pixels, decode_image(png, spec))

@@ -40,3 +40,47 @@ def test_every_gpu_runtime_gets_the_model_settings(monkeypatch: pytest.MonkeyPat
         assert call["attention"] == "flash"
         assert call["intra_op_threads"] == 3
         assert call["providers"] == ["cuda", "cpu"]
+
+
+def _service_on(runtimes: list[Any], gpu_decode: str) -> Service:
+    from moderator.decode import PreprocessSpec
+
+    service = Service(load_settings(environ={"MODERATOR_PIPELINE__GPU_DECODE": gpu_decode}))
+    service._runtimes = runtimes
+    service._spec = PreprocessSpec.for_model(224, 224)
+    return service
+
+
+def test_gpu_decode_on_refuses_to_start_when_the_model_runs_on_the_cpu() -> None:
+    from moderator.embed import load_model
+    from moderator.errors import ConfigError
+
+    cpu = load_model("demo", providers=["cpu"])
+    with pytest.raises(ConfigError, match="gpu_decode is on, but: the model runs on the CPU"):
+        _service_on([cpu], "on")._open_gpu_decoders()
+    auto = _service_on([cpu], "auto")
+    auto._open_gpu_decoders()  # goes on, decoding on the CPU
+    assert auto._gpu_decoders == []
+    off = _service_on([cpu], "off")
+    off._open_gpu_decoders()
+    assert off._gpu_decoders == []
+
+
+def test_gpu_decode_auto_falls_back_when_the_decoder_cannot_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moderator.errors import ConfigError, ModelError
+
+    class _Runtime(_GpuRuntime):
+        def info(self) -> dict[str, Any]:
+            return {"device_id": 0}
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ModelError("GPU JPEG decoding needs nvImageCodec")
+
+    monkeypatch.setattr(service_module, "GpuJpegDecoder", refuse)
+    auto = _service_on([_Runtime()], "auto")
+    auto._open_gpu_decoders()
+    assert auto._gpu_decoders == []
+    with pytest.raises(ConfigError, match="needs nvImageCodec"):
+        _service_on([_Runtime()], "on")._open_gpu_decoders()

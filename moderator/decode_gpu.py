@@ -1,0 +1,422 @@
+"""JPEG bytes → model-ready pixels in GPU memory: nvImageCodec decodes, ONNX Runtime resizes.
+
+Why: with several service processes on one host, CPU decoding bounds end to end (a 1024×768
+JPEG costs ~7 ms of a core; docs/performance.md). The GPU's hardware JPEG engines decoded
+14.2k img/s in a probe on an H200, and the resized batch never leaves the device: the model
+reads it in place (`ClipRuntime.encode_device_pixels`).
+
+Where it differs from the CPU path (`moderator.decode`): the JPEG is decoded at full size
+(no DCT draft), then resized with ONNX's Resize-18 (cubic, a = -0.5, antialias: Pillow's
+BICUBIC filter) and centre-cropped, i.e. resize-then-crop as the processor does. Only what
+the engines handle exactly like the CPU path comes here (`gpu_eligible`): baseline or
+progressive JPEG in RGB/YCbCr or grey, within the pixel limit, resize edge >= crop size.
+EXIF orientation is applied by nvImageCodec. Anything else, and any image the GPU fails on,
+goes back to the CPU path, which gives bad images their usual `DecodeError`.
+onnxruntime is imported only by the decoder: decode processes import `gpu_eligible` alone.
+
+Ordering: one CUDA stream per decoder. nvImageCodec makes its output ready on it, the resize
+session runs on it (`user_compute_stream`), host images are copied on it; a run returns after
+the stream has drained, so the model session can then read the batch from any stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import io
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+from PIL import Image
+
+from moderator.decode import PreprocessSpec, _crop_start, _resize_size
+from moderator.errors import ModelError
+from moderator.types import Embeddings, Pixels
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+__all__ = [
+    "DeviceBatch",
+    "GpuJpegDecoder",
+    "gpu_eligible",
+    "resize_crop_model",
+]
+
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
+_GPU_MODES: Final = frozenset({"RGB", "L"})
+_ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
+_H2D: Final = 1  # cudaMemcpyHostToDevice
+_NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
+
+
+def gpu_eligible(data: bytes, spec: PreprocessSpec) -> bool:
+    """Whether `data` may go to the GPU decoder: a JPEG the CPU path would decode the same way.
+
+    Reads only the header (Pillow stops at the first scan), ~50 µs. The pixel limit is
+    checked here because the GPU allocates the full-size image before anything else could.
+    """
+    if not data.startswith(_JPEG_MAGIC) or "JPEG" not in spec.allowed_formats:
+        return False
+    if len(data) > spec.max_bytes or spec.resize_shortest_edge < spec.image_size:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            return (
+                im.format == "JPEG"
+                and im.mode in _GPU_MODES
+                and 0 < width * height <= spec.max_pixels
+            )
+    except Exception:  # any header Pillow cannot read goes to the CPU path and its errors
+        return False
+
+
+def resize_crop_model(count: int, size: int) -> bytes:
+    """An ONNX graph taking `count` decoded images, each (h_i, w_i, 3) uint8 of its own size,
+    and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
+
+    Per image i: `image_i`, and three int64 inputs the host computes from the image's shape
+    (`geometry`): `sizes_i` (1, 3, new_h, new_w), `starts_i` / `ends_i` (crop window, rows
+    and columns). One run resizes a whole batch of mixed sizes with one Python call.
+    """
+    from onnx import TensorProto, helper  # onnx is needed only to build; ORT runs the bytes
+
+    if count < 1 or size < 1:
+        raise ValueError(f"count and size must be positive, got {count}, {size}")
+    vi = helper.make_tensor_value_info
+    inputs, nodes, crops = [], [], []
+    for i in range(count):
+        inputs += [
+            vi(f"image_{i}", TensorProto.UINT8, [f"h{i}", f"w{i}", 3]),
+            vi(f"sizes_{i}", TensorProto.INT64, [4]),
+            vi(f"starts_{i}", TensorProto.INT64, [2]),
+            vi(f"ends_{i}", TensorProto.INT64, [2]),
+        ]
+        nodes += [
+            helper.make_node("Transpose", [f"image_{i}"], [f"chw_{i}"], perm=[2, 0, 1]),
+            helper.make_node("Unsqueeze", [f"chw_{i}", "axis0"], [f"nchw_{i}"]),
+            helper.make_node(
+                "Resize",
+                [f"nchw_{i}", "", "", f"sizes_{i}"],
+                [f"resized_{i}"],
+                mode="cubic",
+                cubic_coeff_a=-0.5,
+                antialias=1,
+                coordinate_transformation_mode="half_pixel",
+            ),
+            helper.make_node(
+                "Slice", [f"resized_{i}", f"starts_{i}", f"ends_{i}", "hw_axes"], [f"crop_{i}"]
+            ),
+        ]
+        crops.append(f"crop_{i}")
+    nodes += [
+        helper.make_node("Concat", crops, ["batch_nchw"], axis=0),
+        helper.make_node("Transpose", ["batch_nchw"], ["pixels"], perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"resize_crop_{count}",
+        inputs,
+        [vi("pixels", TensorProto.UINT8, [count, size, size, 3])],
+        initializer=[
+            helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = _ORT_IR_VERSION
+    return bytes(model.SerializeToString())
+
+
+def geometry(
+    height: int, width: int, spec: PreprocessSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`resize_crop_model`'s sizes, starts and ends for one (height, width) image."""
+    new_w, new_h = _resize_size((width, height), spec.resize_shortest_edge)
+    top, left = _crop_start(new_h, spec.image_size), _crop_start(new_w, spec.image_size)
+    s = spec.image_size
+    return (
+        np.array([1, 3, new_h, new_w], np.int64),
+        np.array([top, left], np.int64),
+        np.array([top + s, left + s], np.int64),
+    )
+
+
+class _CudaRuntime:
+    """The few CUDA runtime calls this needs (a stream, a copy, a wait), through ctypes: the
+    service has no torch or CuPy to ask."""
+
+    def __init__(self) -> None:
+        self._lib = _load_cudart()
+        self._lib.cudaGetErrorString.restype = ctypes.c_char_p
+
+    def _check(self, code: int, what: str) -> None:
+        if code != 0:
+            text = self._lib.cudaGetErrorString(code).decode(errors="replace")
+            raise ModelError(f"CUDA {what} failed: {text} ({code})")
+
+    def set_device(self, device_id: int) -> None:
+        self._check(self._lib.cudaSetDevice(ctypes.c_int(device_id)), "cudaSetDevice")
+
+    def create_stream(self) -> int:
+        stream = ctypes.c_void_p()
+        code = self._lib.cudaStreamCreateWithFlags(ctypes.byref(stream), _NON_BLOCKING)
+        self._check(code, "cudaStreamCreateWithFlags")
+        return int(stream.value or 0)
+
+    def destroy_stream(self, stream: int) -> None:
+        self._lib.cudaStreamDestroy(ctypes.c_void_p(stream))
+
+    def copy_to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
+        code = self._lib.cudaMemcpyAsync(
+            ctypes.c_void_p(pointer),
+            ctypes.c_void_p(array.ctypes.data),
+            ctypes.c_size_t(array.nbytes),
+            _H2D,
+            ctypes.c_void_p(stream),
+        )
+        self._check(code, "cudaMemcpyAsync")
+
+    def synchronize(self, stream: int) -> None:
+        self._check(self._lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "sync")
+
+
+def _load_cudart() -> ctypes.CDLL:
+    """libcudart: the copy onnxruntime.preload_dlls() loaded, else one from nvidia's wheels."""
+    names = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+    for path in sys.path:
+        pattern = os.path.join(path, "nvidia", "**", "libcudart.so*")
+        names += sorted(glob.glob(pattern, recursive=True))
+    errors = []
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError as exc:
+            errors.append(str(exc))
+    raise ModelError(f"no CUDA runtime library (libcudart) to load: {errors[:3]}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBatch:
+    """`count` model-ready images in GPU memory, readable through `__cuda_array_interface__`.
+
+    `rows[i]` is the batch row of the i-th item given to `GpuJpegDecoder.fill`, or None when
+    the GPU could not decode it (`failures[i]` says why); the caller decodes those on the CPU.
+    """
+
+    pointer: int
+    count: int
+    size: int
+    rows: list[int | None]
+    failures: dict[int, str]
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {
+            "shape": (self.count, self.size, self.size, 3),
+            "typestr": "|u1",
+            "data": (self.pointer, False),
+            "strides": None,
+            "version": 3,
+        }
+
+
+class GpuJpegDecoder:
+    """Fills a device batch from JPEG bytes (decoded on the GPU) and host pixels (copied up).
+
+    One per GPU, used from one thread at a time (the batch worker's inference thread): it
+    owns a stream and one device buffer that each `fill` overwrites.
+    """
+
+    def __init__(self, spec: PreprocessSpec, *, device_id: int = 0, max_batch: int = 64) -> None:
+        import onnxruntime as ort
+
+        try:
+            from nvidia import nvimgcodec
+        except ImportError as exc:
+            raise ModelError(
+                "GPU JPEG decoding needs nvImageCodec: pip install nvidia-nvimgcodec-cu13"
+            ) from exc
+        self.spec = spec
+        self.device_id = device_id
+        self.max_batch = max_batch
+        self._buckets = [1 << k for k in range((max_batch - 1).bit_length() + 1)]
+        self._stream = 0
+        self._lock = threading.RLock()  # `embed` holds it across fill and the model
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        try:
+            self._cuda = _CudaRuntime()
+            self._cuda.set_device(device_id)
+            self._stream = self._cuda.create_stream()
+            self._open(nvimgcodec, ort)
+        except Exception as exc:  # nvImageCodec, CUDA and ORT raise their own types
+            self.close()
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError(f"the GPU JPEG decoder cannot start: {exc}") from exc
+
+    def _open(self, nvimgcodec: Any, ort: Any) -> None:
+        kinds = nvimgcodec.BackendKind
+        self._decoder = nvimgcodec.Decoder(
+            device_id=self.device_id,
+            # Hardware engines first; the CUDA (hybrid) decoder takes what they refuse, e.g.
+            # progressive scans. No CPU backend: the CPU path is ours, with its own errors.
+            backends=[
+                nvimgcodec.Backend(kinds.HW_GPU_ONLY),
+                nvimgcodec.Backend(kinds.GPU_ONLY),
+                nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
+            ],
+        )
+        s = self.spec.image_size
+        self._slot = s * s * 3
+        self._buffer = ort.OrtValue.ortvalue_from_shape_and_type(
+            (self._buckets[-1], s, s, 3), np.uint8, "cuda", self.device_id
+        )
+        # Stands in for images a bucket has no item for: resized from S×S, cropped to S×S.
+        self._filler = ort.OrtValue.ortvalue_from_numpy(
+            np.zeros((s, s, 3), np.uint8), "cuda", self.device_id
+        )
+        self._filler_geometry = (
+            np.array([1, 3, s, s], np.int64),
+            np.array([0, 0], np.int64),
+            np.array([s, s], np.int64),
+        )
+        for bucket in self._buckets:  # built now: a first use must not pay ~0.1 s per size
+            self._session(bucket)
+
+    def to_host(self, batch: DeviceBatch) -> Pixels:
+        """A host copy of `batch` (for checks and tests; the service never needs it)."""
+        with self._lock:
+            pixels: Pixels = self._buffer.numpy()[: batch.count]
+            return pixels
+
+    def close(self) -> None:
+        self._sessions.clear()
+        if self._stream:
+            self._cuda.destroy_stream(self._stream)
+            self._stream = 0
+
+    def _session(self, count: int) -> ort.InferenceSession:
+        import onnxruntime as ort
+
+        session = self._sessions.get(count)
+        if session is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # Memcpy-node warnings for the CPU-side sizes
+            cuda = {
+                "device_id": str(self.device_id),
+                "user_compute_stream": str(self._stream),
+            }
+            session = ort.InferenceSession(
+                resize_crop_model(count, self.spec.image_size),
+                sess_options=options,
+                providers=[("CUDAExecutionProvider", cuda)],
+            )
+            self._sessions[count] = session
+        return session
+
+    def fill(self, items: Sequence[Pixels | bytes]) -> DeviceBatch:
+        """Decode the `bytes` items on the GPU, copy the `Pixels` (S, S, 3) items up, into
+        one batch: decoded images first, then host images. Returns when the batch is ready."""
+        if len(items) > self.max_batch:
+            raise ValueError(f"{len(items)} items, more than max_batch {self.max_batch}")
+        with self._lock:
+            self._cuda.set_device(self.device_id)
+            encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+            rows: list[int | None] = [None] * len(items)
+            failures: dict[int, str] = {}
+            decoded = self._decode([items[i] for i in encoded])  # type: ignore[misc]
+            good = []
+            for index, (image, problem) in zip(encoded, decoded, strict=True):
+                if problem is None:
+                    good.append((index, image))
+                else:
+                    failures[index] = problem
+            base = self._buffer.data_ptr()
+            if good:
+                self._resize([image for _, image in good], base)
+                for row, (index, _) in enumerate(good):
+                    rows[index] = row
+            row = len(good)
+            for index, item in enumerate(items):
+                if isinstance(item, bytes):
+                    continue
+                pixels = np.ascontiguousarray(item, dtype=np.uint8)
+                if pixels.shape != (self.spec.image_size, self.spec.image_size, 3):
+                    raise ValueError(f"host pixels must be (S, S, 3), got {pixels.shape}")
+                self._cuda.copy_to_device(base + row * self._slot, pixels, self._stream)
+                rows[index] = row
+                row += 1
+            self._cuda.synchronize(self._stream)
+            del decoded, good  # the decoded full-size images are free once the stream drained
+            return DeviceBatch(base, row, self.spec.image_size, rows, failures)
+
+    def embed(
+        self, items: Sequence[Pixels | bytes], encode: Callable[[DeviceBatch], Embeddings]
+    ) -> tuple[Embeddings, dict[int, str]]:
+        """`fill`, then `encode` (the model reading the batch in place) before the buffer can
+        be refilled: one embedding row per item, and {index: why} for bytes not decoded."""
+        with self._lock:
+            batch = self.fill(items)
+            if batch.count == 0:
+                return np.zeros((len(items), 0), np.float32), batch.failures
+            rows = encode(batch)
+        out = np.zeros((len(items), rows.shape[1]), np.float32)
+        for index, row in enumerate(batch.rows):
+            if row is not None:
+                out[index] = rows[row]
+        return out, batch.failures
+
+    def _decode(self, data: Sequence[bytes]) -> list[tuple[Any, str | None]]:
+        """nvImageCodec over the batch: (image, None) or (None, why) per item."""
+        if not data:
+            return []
+        try:
+            images = self._decoder.decode(list(data), cuda_stream=self._stream)
+        except Exception as exc:  # the whole call failed: every item goes to the CPU
+            return [(None, f"GPU decode failed: {exc}")] * len(data)
+        out: list[tuple[Any, str | None]] = []
+        for image in images:
+            if image is None:
+                out.append((None, "GPU decoder could not decode it"))
+                continue
+            cai = image.__cuda_array_interface__
+            shape = tuple(int(d) for d in cai["shape"])
+            if cai["typestr"] != "|u1" or len(shape) != 3 or shape[2] != 3:
+                out.append((None, f"GPU decoder gave {cai['typestr']} {shape}, not RGB"))
+            elif cai.get("strides") not in (None, (shape[1] * 3, 3, 1)):
+                out.append((None, f"GPU decoder gave padded rows {cai['strides']}"))
+            else:
+                out.append((image, None))
+        return out
+
+    def _resize(self, images: Sequence[Any], base: int) -> None:
+        count = len(images)
+        bucket = next(b for b in self._buckets if b >= count)
+        session = self._session(bucket)
+        binding = session.io_binding()
+        for i in range(bucket):
+            if i < count:
+                cai = images[i].__cuda_array_interface__
+                height, width = int(cai["shape"][0]), int(cai["shape"][1])
+                pointer = int(cai["data"][0])
+                sizes, starts, ends = geometry(height, width, self.spec)
+            else:
+                height = width = self.spec.image_size
+                pointer = self._filler.data_ptr()
+                sizes, starts, ends = self._filler_geometry
+            binding.bind_input(
+                f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+            )
+            binding.bind_cpu_input(f"sizes_{i}", sizes)
+            binding.bind_cpu_input(f"starts_{i}", starts)
+            binding.bind_cpu_input(f"ends_{i}", ends)
+        s = self.spec.image_size
+        binding.bind_output("pixels", "cuda", self.device_id, np.uint8, [bucket, s, s, 3], base)
+        session.run_with_iobinding(binding)

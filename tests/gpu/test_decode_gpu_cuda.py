@@ -1,0 +1,124 @@
+"""`GpuJpegDecoder` on a real GPU (nvImageCodec + ONNX Runtime's CUDA provider).
+
+Skipped where either is missing, as in CI; run on the GPU machine with
+`python -m pytest -q tests/gpu`. Reference: Pillow's full decode, then BICUBIC resize and
+centre crop, the processor's PIL path.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from moderator.bench.images import bench_images
+from moderator.decode import PreprocessSpec, decode_image
+from moderator.decode_gpu import GpuJpegDecoder, geometry
+from moderator.embed.providers import cuda_device_count
+
+
+def _gpu_ready() -> bool:
+    try:
+        import nvidia.nvimgcodec  # noqa: F401
+    except ImportError:
+        return False
+    return cuda_device_count() > 0
+
+
+pytestmark = pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU and nvImageCodec")
+
+SPEC = PreprocessSpec.for_model(224, 224)
+
+
+def _reference(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    sizes, starts, _ = geometry(rgb.shape[0], rgb.shape[1], SPEC)
+    resized = np.asarray(
+        Image.fromarray(rgb).resize((int(sizes[3]), int(sizes[2])), Image.Resampling.BICUBIC)
+    )
+    top, left = int(starts[0]), int(starts[1])
+    return resized[top : top + 224, left : left + 224]
+
+
+@pytest.fixture(scope="module")
+def decoder():  # type: ignore[no-untyped-def]
+    dec = GpuJpegDecoder(SPEC, device_id=0, max_batch=16)
+    yield dec
+    dec.close()
+
+
+def _jpeg(width: int, height: int, seed: int, **save: object) -> bytes:
+    rng = np.random.default_rng(seed)
+    from moderator.bench.images import photo_like
+
+    buffer = io.BytesIO()
+    photo_like(rng, width, height).save(buffer, format="JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def test_photos_match_pillows_resize_then_crop(decoder: GpuJpegDecoder) -> None:
+    jpegs = [b.data for b in bench_images(6, png_fraction=0.0, seed=5)]
+    batch = decoder.fill(jpegs)
+    assert batch.failures == {}
+    assert batch.rows == list(range(6))
+    got = decoder.to_host(batch).astype(np.int16)
+    for row, data in enumerate(jpegs):
+        diff = np.abs(got[row] - _reference(data))
+        assert diff.mean() < 1.5, row  # the GPU's IDCT and chroma upsampling differ slightly
+        cpu = np.abs(got[row] - decode_image(data, SPEC).astype(np.int16))
+        assert cpu.mean() < 4.0, row  # the CPU path decodes a DCT-scaled draft
+
+
+def test_a_mixed_batch_keeps_each_item_in_its_row(decoder: GpuJpegDecoder) -> None:
+    host = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    portrait = _jpeg(300, 500, 2)
+    items: list[np.ndarray | bytes] = [
+        _jpeg(640, 480, 1),
+        host,
+        b"\xff\xd8\xff\xe0" + b"\x00" * 200,  # a JPEG in name only
+        portrait,
+        _jpeg(320, 240, 3, progressive=True),
+    ]
+    batch = decoder.fill(items)
+    assert set(batch.failures) == {2}
+    assert batch.rows == [0, 3, None, 1, 2]  # decoded first, host pixels after
+    got = decoder.to_host(batch)
+    np.testing.assert_array_equal(got[3], host)
+    assert np.abs(got[1].astype(np.int16) - _reference(portrait)).mean() < 1.5
+
+
+def test_exif_orientation_is_applied(decoder: GpuJpegDecoder) -> None:
+    image = Image.fromarray(
+        np.concatenate(
+            [np.full((240, 160, 3), (250, 10, 10), np.uint8), np.zeros((240, 160, 3), np.uint8)],
+            axis=1,
+        )
+    )
+    exif = image.getexif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise: the red half ends up on top
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    data = buffer.getvalue()
+    got = decoder.to_host(decoder.fill([data]))[0].astype(np.int16)
+    assert np.abs(got - _reference(data)).mean() < 2.0
+    assert got[:100, :, 0].mean() > 200 > got[124:, :, 0].mean() + 150
+
+
+def test_embeddings_from_gpu_pixels_match_the_cpu_path() -> None:
+    from moderator.embed import load_model
+
+    runtime = load_model("demo", providers=["cuda"])
+    spec = runtime.preprocess
+    dec = GpuJpegDecoder(spec, device_id=0, max_batch=8)
+    try:
+        jpegs = [b.data for b in bench_images(5, png_fraction=0.0, seed=9)]
+        rows, failures = dec.embed(jpegs, runtime.encode_device_pixels)
+    finally:
+        dec.close()
+    assert failures == {}
+    want = runtime.encode_pixels(np.stack([decode_image(b, spec) for b in jpegs]))
+    cosine = (rows * want).sum(axis=1)
+    assert cosine.min() > 0.99, cosine
