@@ -9,16 +9,19 @@ own thread so the event loop keeps serving heartbeats, fetches and commits.
 An item is either decoded pixels or, where a worker has a GPU decoder (`DeviceInfer`), the
 encoded JPEG bytes (`embed_encoded`): that worker decodes them on its GPU as part of the
 batch. An image the GPU cannot take fails with `NotDecoded`, and the caller decodes it on
-the CPU and sends the pixels instead.
+the CPU and sends the pixels instead. Such a worker runs two stages in two threads: while
+batch k is resized and embedded, batch k+1 is gathered and decoded (the JPEG engines and
+the SMs work side by side); at most those two batches are in hand at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +32,18 @@ log = get("batch")
 
 Infer = Callable[[Pixels], Embeddings]
 Item = Pixels | bytes
-DeviceInfer = Callable[[list[Item]], tuple[Embeddings, dict[int, str]]]
-"""A batch of pixels and JPEG bytes → one embedding row per item, and {item index: why} for
-the bytes it could not decode (their rows are meaningless)."""
+Outcome = tuple[Embeddings, dict[int, str]]
+"""One embedding row per item, and {item index: why} for the bytes not decoded (their rows
+are meaningless)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfer:
+    """A GPU's two stages for batches of pixels and JPEG bytes: `decode` (the JPEGs), then
+    `finish` (resize, the model) on what `decode` returned. Each runs in its own thread."""
+
+    decode: Callable[[list[Item]], Any]
+    finish: Callable[[Any], Outcome]
 
 
 class NotDecoded(Exception):
@@ -140,9 +152,7 @@ class Batcher:
         return [item for item in batch if not item.future.cancelled()]
 
     @staticmethod
-    async def _host_only(
-        infer: Infer, items: list[Item], pool: ThreadPoolExecutor
-    ) -> tuple[Embeddings, dict[int, str]]:
+    async def _host_only(infer: Infer, items: list[Item], pool: ThreadPoolExecutor) -> Outcome:
         """The pixels through `infer`; bytes (sent to a worker without a GPU decoder) fail."""
         failed = {i: "no GPU decoder here" for i, p in enumerate(items) if isinstance(p, bytes)}
         hosts = [p for p in items if not isinstance(p, bytes)]
@@ -159,32 +169,58 @@ class Batcher:
         self, infer: Infer, device: DeviceInfer | None, pool: ThreadPoolExecutor
     ) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
-            if not batch:
-                continue
-            started = time.monotonic()
-            queued = max(started - item.enqueued for item in batch)
-            try:
-                items = [item.pixels for item in batch]
-                if device is not None and any(isinstance(p, bytes) for p in items):
-                    embeddings, failed = await loop.run_in_executor(pool, device, items)
-                else:
-                    embeddings, failed = await self._host_only(infer, items, pool)
-            except Exception as exc:  # inference failures are the service's, not the event's
-                log.exception("inference failed", extra={"fields": {"batch": len(batch)}})
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            seconds = time.monotonic() - started
-            self._on_batch(len(batch), queued, seconds)
-            for index, (item, row) in enumerate(zip(batch, embeddings, strict=True)):
-                if item.future.done():
+        decoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-decode")
+        self._pools.append(decoding)
+        finishing: asyncio.Task[None] | None = None  # the previous batch's second stage
+        try:
+            while True:
+                batch = await self._gather()
+                if not batch:
                     continue
-                if index in failed:
-                    item.future.set_exception(NotDecoded(failed[index]))
-                else:
-                    item.future.set_result(
-                        Embedded(row, started - item.enqueued, seconds, len(batch))
-                    )
+                started = time.monotonic()
+                items = [item.pixels for item in batch]
+                if device is None or not any(isinstance(p, bytes) for p in items):
+                    if finishing is not None:
+                        await finishing
+                        finishing = None
+                    await self._complete(batch, started, self._host_only(infer, items, pool))
+                    continue
+                try:  # overlaps the previous batch's second stage
+                    decoded = await loop.run_in_executor(decoding, device.decode, items)
+                except Exception as exc:
+                    self._fail(batch, exc)
+                    continue
+                if finishing is not None:
+                    await finishing
+                outcome = loop.run_in_executor(pool, device.finish, decoded)
+                finishing = asyncio.create_task(self._complete(batch, started, outcome))
+        finally:
+            if finishing is not None:
+                finishing.cancel()
+
+    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+        """Inference failures are the service's, not the event's: every waiter gets them."""
+        log.error("inference failed", exc_info=exc, extra={"fields": {"batch": len(batch)}})
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    async def _complete(
+        self, batch: list[_Item], started: float, outcome: Awaitable[Outcome]
+    ) -> None:
+        """Wait for a batch's embeddings and hand each waiter its row (or `NotDecoded`)."""
+        queued = max(started - item.enqueued for item in batch)
+        try:
+            embeddings, failed = await outcome
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        seconds = time.monotonic() - started
+        self._on_batch(len(batch), queued, seconds)
+        for index, (item, row) in enumerate(zip(batch, embeddings, strict=True)):
+            if item.future.done():
+                continue
+            if index in failed:
+                item.future.set_exception(NotDecoded(failed[index]))
+            else:
+                item.future.set_result(Embedded(row, started - item.enqueued, seconds, len(batch)))

@@ -14,9 +14,10 @@ EXIF orientation is applied by nvImageCodec. Anything else, and any image the GP
 goes back to the CPU path, which gives bad images their usual `DecodeError`.
 onnxruntime is imported only by the decoder: decode processes import `gpu_eligible` alone.
 
-Ordering: one CUDA stream per decoder. nvImageCodec makes its output ready on it, the resize
-session runs on it (`user_compute_stream`), host images are copied on it; a run returns after
-the stream has drained, so the model session can then read the batch from any stream.
+Ordering: two CUDA streams per decoder. nvImageCodec decodes on the first and the host waits
+for it; the resize session (`user_compute_stream`) and the host-image copies run on the
+second, which has drained before `place` returns, so the model session can then read the
+batch from its own stream.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 __all__ = [
+    "Decoded",
     "DeviceBatch",
     "GpuJpegDecoder",
     "gpu_eligible",
@@ -227,14 +229,40 @@ class DeviceBatch:
         }
 
 
+@dataclass(slots=True)
+class Decoded:
+    """A batch after the decode stage: full-size images on the GPU, host pixels untouched.
+
+    `images[k]` is the decoded image of item `encoded[k]`; `failures` maps item indices to
+    why the GPU did not decode them. Holds GPU memory until `place` has used it.
+    """
+
+    items: Sequence[Pixels | bytes]
+    encoded: list[int]
+    images: list[Any]
+    failures: dict[int, str]
+
+
 class GpuJpegDecoder:
     """Fills a device batch from JPEG bytes (decoded on the GPU) and host pixels (copied up).
 
-    One per GPU, used from one thread at a time (the batch worker's inference thread): it
-    owns a stream and one device buffer that each `fill` overwrites.
+    Two stages, each on its own CUDA stream, so that decoding batch k+1 on the JPEG engines
+    can overlap resizing and embedding batch k on the SMs (measured on an H200 as separate
+    steps: decode 12.8k img/s, resize 18.1k; one after the other 7.8k):
+    - `decode` (nvImageCodec): one thread at a time;
+    - `place` / `embed_decoded` (resize, host copies, the model): one thread at a time, as
+      they share the one device buffer that each call overwrites.
+    `fill` and `embed` run both stages in the calling thread.
     """
 
-    def __init__(self, spec: PreprocessSpec, *, device_id: int = 0, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        spec: PreprocessSpec,
+        *,
+        device_id: int = 0,
+        max_batch: int = 64,
+        cpu_threads: int = 2,
+    ) -> None:
         import onnxruntime as ort
 
         try:
@@ -247,24 +275,28 @@ class GpuJpegDecoder:
         self.device_id = device_id
         self.max_batch = max_batch
         self._buckets = [1 << k for k in range((max_batch - 1).bit_length() + 1)]
-        self._stream = 0
-        self._lock = threading.RLock()  # `embed` holds it across fill and the model
+        self._decode_stream = self._place_stream = 0
+        self._decode_lock = threading.Lock()
+        self._place_lock = threading.RLock()  # `embed_decoded` holds it across the model
         self._sessions: dict[int, ort.InferenceSession] = {}
         try:
             self._cuda = _CudaRuntime()
             self._cuda.set_device(device_id)
-            self._stream = self._cuda.create_stream()
-            self._open(nvimgcodec, ort)
+            self._decode_stream = self._cuda.create_stream()
+            self._place_stream = self._cuda.create_stream()
+            self._open(nvimgcodec, ort, cpu_threads)
         except Exception as exc:  # nvImageCodec, CUDA and ORT raise their own types
             self.close()
             if isinstance(exc, ModelError):
                 raise
             raise ModelError(f"the GPU JPEG decoder cannot start: {exc}") from exc
 
-    def _open(self, nvimgcodec: Any, ort: Any) -> None:
+    def _open(self, nvimgcodec: Any, ort: Any, cpu_threads: int) -> None:
         kinds = nvimgcodec.BackendKind
         self._decoder = nvimgcodec.Decoder(
             device_id=self.device_id,
+            # Its default is a thread per core in every process; the engines need few.
+            max_num_cpu_threads=cpu_threads,
             # Hardware engines first; the CUDA (hybrid) decoder takes what they refuse, e.g.
             # progressive scans. No CPU backend: the CPU path is ours, with its own errors.
             backends=[
@@ -292,15 +324,16 @@ class GpuJpegDecoder:
 
     def to_host(self, batch: DeviceBatch) -> Pixels:
         """A host copy of `batch` (for checks and tests; the service never needs it)."""
-        with self._lock:
+        with self._place_lock:
             pixels: Pixels = self._buffer.numpy()[: batch.count]
             return pixels
 
     def close(self) -> None:
         self._sessions.clear()
-        if self._stream:
-            self._cuda.destroy_stream(self._stream)
-            self._stream = 0
+        for stream in (self._decode_stream, self._place_stream):
+            if stream:
+                self._cuda.destroy_stream(stream)
+        self._decode_stream = self._place_stream = 0
 
     def _session(self, count: int) -> ort.InferenceSession:
         import onnxruntime as ort
@@ -309,9 +342,12 @@ class GpuJpegDecoder:
         if session is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # Memcpy-node warnings for the CPU-side sizes
+            # Every node runs on the GPU: a CPU thread pool would only spin between runs.
+            options.intra_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             cuda = {
                 "device_id": str(self.device_id),
-                "user_compute_stream": str(self._stream),
+                "user_compute_stream": str(self._place_stream),
             }
             session = ort.InferenceSession(
                 resize_crop_model(count, self.spec.image_size),
@@ -321,64 +357,85 @@ class GpuJpegDecoder:
             self._sessions[count] = session
         return session
 
-    def fill(self, items: Sequence[Pixels | bytes]) -> DeviceBatch:
-        """Decode the `bytes` items on the GPU, copy the `Pixels` (S, S, 3) items up, into
-        one batch: decoded images first, then host images. Returns when the batch is ready."""
+    # --- the two stages ---------------------------------------------------------------------
+
+    def decode(self, items: Sequence[Pixels | bytes]) -> Decoded:
+        """Stage 1: decode the `bytes` items on the GPU; returns when they are decoded."""
         if len(items) > self.max_batch:
             raise ValueError(f"{len(items)} items, more than max_batch {self.max_batch}")
-        with self._lock:
-            self._cuda.set_device(self.device_id)
-            encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
-            rows: list[int | None] = [None] * len(items)
-            failures: dict[int, str] = {}
-            decoded = self._decode([items[i] for i in encoded])  # type: ignore[misc]
-            good = []
-            for index, (image, problem) in zip(encoded, decoded, strict=True):
+        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+        failures: dict[int, str] = {}
+        images: list[Any] = []
+        kept: list[int] = []
+        if encoded:
+            with self._decode_lock:
+                self._cuda.set_device(self.device_id)
+                results = self._decode([items[i] for i in encoded])  # type: ignore[misc]
+                self._cuda.synchronize(self._decode_stream)
+            for index, (image, problem) in zip(encoded, results, strict=True):
                 if problem is None:
-                    good.append((index, image))
+                    kept.append(index)
+                    images.append(image)
                 else:
                     failures[index] = problem
+        return Decoded(items, kept, images, failures)
+
+    def place(self, decoded: Decoded) -> DeviceBatch:
+        """Stage 2: resize and crop the decoded images into the device batch, copy the host
+        pixels after them; returns when the batch is ready."""
+        with self._place_lock:
+            self._cuda.set_device(self.device_id)
+            items = decoded.items
+            rows: list[int | None] = [None] * len(items)
             base = self._buffer.data_ptr()
-            if good:
-                self._resize([image for _, image in good], base)
-                for row, (index, _) in enumerate(good):
+            if decoded.images:
+                self._resize(decoded.images, base)
+                for row, index in enumerate(decoded.encoded):
                     rows[index] = row
-            row = len(good)
+            row = len(decoded.images)
             for index, item in enumerate(items):
                 if isinstance(item, bytes):
                     continue
                 pixels = np.ascontiguousarray(item, dtype=np.uint8)
                 if pixels.shape != (self.spec.image_size, self.spec.image_size, 3):
                     raise ValueError(f"host pixels must be (S, S, 3), got {pixels.shape}")
-                self._cuda.copy_to_device(base + row * self._slot, pixels, self._stream)
+                self._cuda.copy_to_device(base + row * self._slot, pixels, self._place_stream)
                 rows[index] = row
                 row += 1
-            self._cuda.synchronize(self._stream)
-            del decoded, good  # the decoded full-size images are free once the stream drained
-            return DeviceBatch(base, row, self.spec.image_size, rows, failures)
+            self._cuda.synchronize(self._place_stream)
+            decoded.images = []  # the full-size images are free once the stream drained
+            return DeviceBatch(base, row, self.spec.image_size, rows, decoded.failures)
 
-    def embed(
-        self, items: Sequence[Pixels | bytes], encode: Callable[[DeviceBatch], Embeddings]
+    def embed_decoded(
+        self, decoded: Decoded, encode: Callable[[DeviceBatch], Embeddings]
     ) -> tuple[Embeddings, dict[int, str]]:
-        """`fill`, then `encode` (the model reading the batch in place) before the buffer can
-        be refilled: one embedding row per item, and {index: why} for bytes not decoded."""
-        with self._lock:
-            batch = self.fill(items)
+        """Stage 2 and the model (`encode` reads the batch in place) before the buffer can be
+        refilled: one embedding row per item, and {index: why} for bytes not decoded."""
+        with self._place_lock:
+            batch = self.place(decoded)
             if batch.count == 0:
-                return np.zeros((len(items), 0), np.float32), batch.failures
+                return np.zeros((len(decoded.items), 0), np.float32), batch.failures
             rows = encode(batch)
-        out = np.zeros((len(items), rows.shape[1]), np.float32)
+        out = np.zeros((len(decoded.items), rows.shape[1]), np.float32)
         for index, row in enumerate(batch.rows):
             if row is not None:
                 out[index] = rows[row]
         return out, batch.failures
 
+    def fill(self, items: Sequence[Pixels | bytes]) -> DeviceBatch:
+        """Both stages in this thread: decoded images first, then host images."""
+        return self.place(self.decode(items))
+
+    def embed(
+        self, items: Sequence[Pixels | bytes], encode: Callable[[DeviceBatch], Embeddings]
+    ) -> tuple[Embeddings, dict[int, str]]:
+        """Both stages and the model in this thread (see `embed_decoded`)."""
+        return self.embed_decoded(self.decode(items), encode)
+
     def _decode(self, data: Sequence[bytes]) -> list[tuple[Any, str | None]]:
         """nvImageCodec over the batch: (image, None) or (None, why) per item."""
-        if not data:
-            return []
         try:
-            images = self._decoder.decode(list(data), cuda_stream=self._stream)
+            images = self._decoder.decode(list(data), cuda_stream=self._decode_stream)
         except Exception as exc:  # the whole call failed: every item goes to the CPU
             return [(None, f"GPU decode failed: {exc}")] * len(data)
         out: list[tuple[Any, str | None]] = []

@@ -189,7 +189,10 @@ class Service:
         self._fetcher = Fetcher(FetchPolicy.from_settings(s.pipeline))
         self._open_gpu_decoders()
         device_infers: list[DeviceInfer | None] = [
-            partial(decoder.embed, encode=runtime.encode_device_pixels)
+            DeviceInfer(
+                decode=decoder.decode,
+                finish=partial(decoder.embed_decoded, encode=runtime.encode_device_pixels),
+            )
             for decoder, runtime in zip(self._gpu_decoders, self._runtimes, strict=False)
         ]  # one per runtime, or none at all
         self._batcher = Batcher(

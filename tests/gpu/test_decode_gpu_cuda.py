@@ -122,3 +122,14 @@ def test_embeddings_from_gpu_pixels_match_the_cpu_path() -> None:
     want = runtime.encode_pixels(np.stack([decode_image(b, spec) for b in jpegs]))
     cosine = (rows * want).sum(axis=1)
     assert cosine.min() > 0.99, cosine
+
+
+def test_two_decoded_batches_in_hand_place_independently(decoder: GpuJpegDecoder) -> None:
+    first = [_jpeg(640, 480, 11), _jpeg(500, 500, 12)]
+    second = [_jpeg(400, 300, 13)]
+    decoded_first = decoder.decode(first)
+    decoded_second = decoder.decode(second)  # as the batcher does while batch 1 is placed
+    got_first = decoder.to_host(decoder.place(decoded_first)).astype(np.int16)
+    got_second = decoder.to_host(decoder.place(decoded_second)).astype(np.int16)
+    for got, data in zip(list(got_first) + list(got_second), first + second, strict=True):
+        assert np.abs(got - _reference(data)).mean() < 1.5

@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from moderator.batch import Batcher, NotDecoded
+from moderator.batch import Batcher, DeviceInfer, NotDecoded
 
 
 def _infer_recording(sizes: list[int]):  # type: ignore[no-untyped-def]
@@ -64,10 +64,10 @@ async def test_inference_failure_reaches_every_waiter() -> None:
     assert all(isinstance(o, RuntimeError) for o in outcomes)
 
 
-def _device_infer_recording(calls: list[list[str]]):  # type: ignore[no-untyped-def]
+def _device_infer_recording(calls: list[list[str]]) -> DeviceInfer:
     """Stands in for a GPU decoder + model: bytes b"<n>" embed as n, b"bad" is refused."""
 
-    def device(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+    def finish(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
         calls.append(["bytes" if isinstance(i, bytes) else "pixels" for i in items])
         rows = np.zeros((len(items), 1), np.float32)
         failed: dict[int, str] = {}
@@ -80,7 +80,7 @@ def _device_infer_recording(calls: list[list[str]]):  # type: ignore[no-untyped-
                 rows[index] = float(item.mean())
         return rows, failed
 
-    return device
+    return DeviceInfer(decode=list, finish=finish)
 
 
 async def test_jpeg_bytes_and_pixels_share_a_batch_on_a_worker_that_decodes() -> None:
@@ -137,3 +137,39 @@ async def test_a_worker_without_a_gpu_decoder_hands_bytes_back_and_embeds_the_re
     assert float(outcomes[0].embedding[0]) == 5.0  # type: ignore[union-attr]
     assert isinstance(outcomes[1], NotDecoded)
     assert float(outcomes[2].embedding[0]) == 6.0  # type: ignore[union-attr]
+
+
+async def test_the_next_batch_decodes_while_the_previous_one_finishes() -> None:
+    second_decoding = threading.Event()
+    order: list[str] = []
+
+    def decode(items: list[np.ndarray | bytes]) -> list[np.ndarray | bytes]:
+        order.append(f"decode {items[0]!r}")
+        if items[0] == b"2":
+            second_decoding.set()
+        return items
+
+    def finish(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+        if items[0] == b"1":  # holds batch 1 until batch 2 is being decoded beside it
+            assert second_decoding.wait(3.0), "batch 2 was not decoded during batch 1"
+        order.append(f"finish {items[0]!r}")
+        return np.array([[float(i.decode())] for i in items], np.float32), {}  # type: ignore[union-attr]
+
+    batcher = Batcher(
+        [_infer_recording([])],
+        device_infers=[DeviceInfer(decode=decode, finish=finish)],
+        max_batch=1,
+        max_wait_s=0.0,
+    )
+    batcher.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.embed_encoded(str(i).encode()) for i in (1, 2, 3))),
+            timeout=5.0,
+        )
+    finally:
+        await batcher.stop()
+    assert [float(r.embedding[0]) for r in results] == [1.0, 2.0, 3.0]
+    # Batch 3 is decoded only after batch 1 finished: two batches in hand at most.
+    assert order.index("finish b'1'") < order.index("decode b'3'")
+    assert order.index("decode b'2'") < order.index("finish b'1'")

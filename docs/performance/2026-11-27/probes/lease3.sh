@@ -25,7 +25,7 @@ setup)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   ;;
 gputest)
-  python3 -m pytest -q -p no:cacheprovider tests/gpu tests/unit/test_decode_gpu.py 2>&1 | tail -15
+  python3 -m pytest -q -p no:cacheprovider -c /dev/null --rootdir . tests/gpu tests/unit/test_decode_gpu.py 2>&1 | tail -15
   ;;
 decode)
   python3 -m moderator bench decode --seconds 3 --out "$OUT/decode.json" 2>&1 | tail -14
