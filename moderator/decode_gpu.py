@@ -55,6 +55,7 @@ _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
+_current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
 
 def gpu_eligible(data: bytes, spec: PreprocessSpec) -> bool:
@@ -322,6 +323,14 @@ class GpuJpegDecoder:
         for bucket in self._buckets:  # built now: a first use must not pay ~0.1 s per size
             self._session(bucket)
 
+    def _on_device(self) -> None:
+        """Make this GPU current in the calling thread, unless a decoder already did (every
+        foreign call costs a GIL hand-over; see `place`). ONNX Runtime sets the device of
+        its session when it runs, so a thread keeps to one GPU, as the batch workers do."""
+        if getattr(_current, "device", None) != self.device_id:
+            self._cuda.set_device(self.device_id)
+            _current.device = self.device_id
+
     def to_host(self, batch: DeviceBatch) -> Pixels:
         """A host copy of `batch` (for checks and tests; the service never needs it)."""
         with self._place_lock:
@@ -369,7 +378,7 @@ class GpuJpegDecoder:
         kept: list[int] = []
         if encoded:
             with self._decode_lock:
-                self._cuda.set_device(self.device_id)
+                self._on_device()
                 results = self._decode([items[i] for i in encoded])  # type: ignore[misc]
                 self._cuda.synchronize(self._decode_stream)
             for index, (image, problem) in zip(encoded, results, strict=True):
@@ -384,7 +393,7 @@ class GpuJpegDecoder:
         """Stage 2: resize and crop the decoded images into the device batch, copy the host
         pixels after them; returns when the batch is ready."""
         with self._place_lock:
-            self._cuda.set_device(self.device_id)
+            self._on_device()
             items = decoded.items
             rows: list[int | None] = [None] * len(items)
             base = self._buffer.data_ptr()
@@ -393,15 +402,18 @@ class GpuJpegDecoder:
                 for row, index in enumerate(decoded.encoded):
                     rows[index] = row
             row = len(decoded.images)
-            for index, item in enumerate(items):
-                if isinstance(item, bytes):
-                    continue
-                pixels = np.ascontiguousarray(item, dtype=np.uint8)
-                if pixels.shape != (self.spec.image_size, self.spec.image_size, 3):
-                    raise ValueError(f"host pixels must be (S, S, 3), got {pixels.shape}")
+            hosts = [i for i, item in enumerate(items) if not isinstance(item, bytes)]
+            if hosts:
+                # One copy for all of them: each foreign call gives up the GIL, and taking it
+                # back from a busy event loop can cost a switch interval (5 ms) per call.
+                pixels = np.stack([items[i] for i in hosts]).astype(np.uint8, copy=False)
+                s = self.spec.image_size
+                if pixels.shape[1:] != (s, s, 3):
+                    raise ValueError(f"host pixels must be (S, S, 3), got {pixels.shape[1:]}")
                 self._cuda.copy_to_device(base + row * self._slot, pixels, self._place_stream)
-                rows[index] = row
-                row += 1
+                for index in hosts:
+                    rows[index] = row
+                    row += 1
             self._cuda.synchronize(self._place_stream)
             decoded.images = []  # the full-size images are free once the stream drained
             return DeviceBatch(base, row, self.spec.image_size, rows, decoded.failures)
