@@ -324,9 +324,9 @@ class GpuJpegDecoder:
             self._session(bucket)
 
     def _on_device(self) -> None:
-        """Make this GPU current in the calling thread, unless a decoder already did (every
-        foreign call costs a GIL hand-over; see `place`). ONNX Runtime sets the device of
-        its session when it runs, so a thread keeps to one GPU, as the batch workers do."""
+        """Make this GPU current in the calling thread, unless a decoder already did. ONNX
+        Runtime sets its session's device when it runs, so a thread keeps to one GPU, as the
+        batch workers do."""
         if getattr(_current, "device", None) != self.device_id:
             self._cuda.set_device(self.device_id)
             _current.device = self.device_id
@@ -404,8 +404,7 @@ class GpuJpegDecoder:
             row = len(decoded.images)
             hosts = [i for i, item in enumerate(items) if not isinstance(item, bytes)]
             if hosts:
-                # One copy for all of them: each foreign call gives up the GIL, and taking it
-                # back from a busy event loop can cost a switch interval (5 ms) per call.
+                # One copy for all of them: one call instead of one per image.
                 pixels = np.stack([items[i] for i in hosts]).astype(np.uint8, copy=False)
                 s = self.spec.image_size
                 if pixels.shape[1:] != (s, s, 3):

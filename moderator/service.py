@@ -18,7 +18,6 @@ import hashlib
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -56,7 +55,6 @@ from moderator.verdict import build_verdict
 log = get("service")
 _COMMIT_INTERVAL_S = 1.0  # bounds re-delivery after a crash to about a second of work
 _LAG_INTERVAL_S = 5.0
-_GIL_SWITCH_S = 0.001  # with GPU decoding: see `_open_gpu_decoders`
 _DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must lose its payload
 # Upper bound of what Kafka adds around one record: batch header (61 bytes), record framing
 # (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
@@ -257,10 +255,6 @@ class Service:
                 raise ConfigError(f"pipeline.gpu_decode is on, but: {exc}") from exc
             log.info("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
             return
-        # The decode and inference threads give up the GIL in every foreign call, and take it
-        # back from a busy event loop only at a switch interval (5 ms by default): several
-        # such hand-overs per batch held each batch to ~90 ms on an H200 host.
-        sys.setswitchinterval(_GIL_SWITCH_S)
         log.info("JPEGs decode on the GPU", extra={"fields": {"gpus": len(self._gpu_decoders)}})
 
     async def _load_models(self) -> None:

@@ -131,9 +131,10 @@ class PipelineSettings(BaseModel):
     max_in_flight: int = Field(1024, ge=1, description="Events in flight before partitions pause.")
     decode_workers: int = Field(0, ge=0, description="Decode processes (0 = CPU count).")
     gpu_decode: Literal["auto", "on", "off"] = Field(
-        "auto",
+        "off",
         description="Decode JPEGs on the GPU (nvImageCodec, the gpu extra) when the model runs "
-        "on one: auto uses it when it can, on refuses to start without it.",
+        "on one: auto uses it when it can, on refuses to start without it. More verdicts/s "
+        "when CPU decoding bounds, but a much longer latency tail (docs/performance.md).",
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard.")

@@ -1,4 +1,7 @@
-"""Probe: where `GpuJpegDecoder.fill` spends its time (decode vs resize), batches of 128."""
+"""Probe: where `GpuJpegDecoder.fill` spends its time (decode vs resize), batches of 128.
+
+Ran at commit 7c76182, when the decoder had one stream (`_stream`) and one lock.
+"""
 import json
 import os
 import sys

@@ -4,16 +4,22 @@
 #   gputest  tests/gpu: serve's GPU JPEG decoder against Pillow, on this card
 #   decode   bench decode: serve's GPU path vs torch nvJPEG vs CPU
 #   model    bench model, efficient attention vs ORT's choice, each against torch.compile
-#   e2e      8 replicas on one GPU vs the naive peer, GPU decode on; then off; then 1 replica
-#   e2e2     8 replicas over two GPUs (needs a 2-GPU host)
+#   e2e      8 replicas on one GPU vs the naive peer, GPU decode on; then off
+#   matrix   SPECS="replicas:gpus ..." TAG=-x: GPU-decode runs per replica layout, no peer
+# As run, on three machines of the 2×H200 kind, at commits 7c76182 (setup, gputest, decode,
+# fill_probe.py, model, e2e, `SPECS="2:0,0 4:0,1 8:0,1" TAG=-gpudecode matrix`), 86e2055
+# (setup, gputest, decode, `SPECS="8:0 8:0,1 4:0 4:0,1" TAG=-gpudecode2 matrix`) and 19ddde9
+# (setup, gputest, `SPECS="8:0 8:0,1 4:0" TAG=-gpudecode3 EVENTS_TIMEOUT=60 matrix`).
+# GPU decoding was on by default at those commits; it is opt-in now (pipeline.gpu_decode).
 # Carries before `setup`: .device/wheels/*.part.00..04 (one per call, copied to /root/w),
 # .device/small + .device/nv, .device/java/jre.tar.xz, .device/java/kafka.tar.
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gputest|decode|model|e2e|e2e2}
+step=${1:?setup|gputest|decode|model|e2e|matrix}
 log() { echo "== $(date +%T) $*"; }
 e2e=(--model b32 --precision fp16 --unique 64 --producers 4 --duration 10 --partitions 16)
+gpu=(--service-env MODERATOR_PIPELINE__GPU_DECODE=on)
 case $step in
 setup)
   cat /root/w/onnxruntime_gpu-*.part.* > /root/w/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
@@ -40,19 +46,21 @@ model)
   ;;
 e2e)
   log "8 replicas on GPU 0, GPU decode (auto), vs the naive peer"
-  python3 -m moderator bench e2e "${e2e[@]}" --events 12000 --replicas 8 --replica-devices 0 \
-    --peer naive --no-peer-latency --timeout 60 --out "$OUT/e2e-r8-d0-naive.json" 2>&1 | tail -8
+  python3 -m moderator bench e2e "${e2e[@]}" "${gpu[@]}" --events 12000 --replicas 8 \
+    --replica-devices 0 --peer naive --no-peer-latency --timeout 60 \
+    --out "$OUT/e2e-r8-d0-naive.json" 2>&1 | tail -8
   log "8 replicas on GPU 0, GPU decode off"
   python3 -m moderator bench e2e "${e2e[@]}" --events 6000 --replicas 8 --replica-devices 0 \
     --peer none --timeout 90 --service-env MODERATOR_PIPELINE__GPU_DECODE=off \
     --out "$OUT/e2e-r8-d0-cpudecode.json" 2>&1 | tail -4
   ;;
-e2e2)
-  log "8 replicas over GPUs 0 and 1, GPU decode (auto)"
-  python3 -m moderator bench e2e "${e2e[@]}" --events 12000 --replicas 8 --replica-devices 0,1 \
-    --peer none --timeout 90 --out "$OUT/e2e-r8-d01.json" 2>&1 | tail -4
-  log "1 replica on GPU 0, GPU decode (auto)"
-  python3 -m moderator bench e2e "${e2e[@]}" --events 6000 --replicas 1 --replica-devices 0 \
-    --peer none --timeout 90 --out "$OUT/e2e-r1-d0.json" 2>&1 | tail -4
+matrix)
+  for spec in ${SPECS:?}; do
+    n=${spec%%:*}; d=${spec#*:}
+    log "replicas $n devices $d, GPU decode on"
+    python3 -m moderator bench e2e "${e2e[@]}" "${gpu[@]}" --events 8000 --replicas "$n" \
+      --replica-devices "$d" --peer none --timeout "${EVENTS_TIMEOUT:-90}" \
+      --out "$OUT/e2e-r$n-d${d//,/}${TAG:-}.json" 2>&1 | grep -E "^ours " | head -3
+  done
   ;;
 esac
