@@ -53,7 +53,7 @@ from moderator.types import Pixels
 from moderator.verdict import build_verdict
 
 log = get("service")
-_COMMIT_INTERVAL_S = 1.0  # bounds re-delivery after a crash to about a second of work
+_COMMIT_INTERVAL_S = 1.0  # with max_poll_records finished events, bounds re-delivery
 _LAG_INTERVAL_S = 5.0
 _DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must lose its payload
 # Upper bound of what Kafka adds around one record: batch header (61 bytes), record framing
@@ -94,6 +94,7 @@ class Service:
         self._joined = False
         self._paused = False
         self._last_poll = time.monotonic()
+        self._finished_since_commit = 0  # events answered since the last commit round
         self._runtimes: list[ClipRuntime] = []
         self._cache: RedisEmbeddingCache | None = None
         self._reloader: PolicyReloader | None = None
@@ -333,7 +334,10 @@ class Service:
                     self._accept(tp, record)
             self._backpressure()
             now = time.monotonic()
-            if now >= next_commit:
+            # Every second, or sooner once a poll's worth has finished since the last commit:
+            # at hundreds of events per second a second of work is more than in-flight events,
+            # and all of it would be answered again after a crash.
+            if now >= next_commit or self._finished_since_commit >= s.kafka.max_poll_records:
                 await self._commit()
                 next_commit = now + _COMMIT_INTERVAL_S
             if now >= next_lag:
@@ -381,6 +385,8 @@ class Service:
 
     async def _commit(self, only: set[_TP] | None = None) -> None:
         assert self._consumer is not None
+        if only is None:
+            self._finished_since_commit = 0
         assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         scope = assigned if only is None else only
         offsets = self.tracker.committable(scope)
@@ -493,6 +499,7 @@ class Service:
                 },
             )
         self.tracker.finished(record.topic, record.partition, record.offset)
+        self._finished_since_commit += 1
         if record.timestamp and record.timestamp > 0:
             self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
 

@@ -90,8 +90,8 @@ def duplicate_bound(faults: int) -> int:
     """Most extra copies `faults` crashes or revocations may cause.
 
     Each can re-deliver what was uncommitted: events in flight (MAX_IN_FLIGHT, plus one poll
-    that arrived before the pause) and what finished since the last commit (commits run every
-    second; at this machine's rate that is well under MAX_POLL_RECORDS more).
+    that arrived before the pause) and what finished since the last commit (the service
+    commits once MAX_POLL_RECORDS have finished, checked after each poll, or every second).
     """
     return faults * (MAX_IN_FLIGHT + 2 * MAX_POLL_RECORDS)
 
