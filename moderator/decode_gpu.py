@@ -382,7 +382,7 @@ class GpuJpegDecoder:
         if encoded:
             with self._decode_lock:
                 self._on_device()
-                results = self._decode([items[i] for i in encoded])  # type: ignore[misc]
+                results = self._decode([item for item in items if isinstance(item, bytes)])
                 self._cuda.synchronize(self._decode_stream)
             for index, (image, problem) in zip(encoded, results, strict=True):
                 if problem is None:

@@ -216,6 +216,14 @@ def gpu_preprocess(
     return out
 
 
+def _batches(jpegs: list[bytes], batch: int) -> list[list[bytes]]:
+    """Full batches of `batch` covering every image at least once (wrapping around)."""
+    return [
+        [jpegs[(start + k) % len(jpegs)] for k in range(batch)]
+        for start in range(0, max(len(jpegs), batch), batch)
+    ]
+
+
 def _gpu_rate(
     jpegs: list[bytes], spec: PreprocessSpec, seconds: float, batch: int, device: str
 ) -> tuple[float, str]:
@@ -224,10 +232,7 @@ def _gpu_rate(
     found = gpu_decoder()
     assert found is not None
     name, decode = found
-    batches = [
-        [jpegs[(start + k) % len(jpegs)] for k in range(batch)]
-        for start in range(0, max(len(jpegs), batch), batch)
-    ]
+    batches = _batches(jpegs, batch)
     for chunk in batches[:2]:  # nvJPEG and cuDNN set-up happen here
         gpu_preprocess(chunk, spec, device=device, decode=decode)
     torch.cuda.synchronize()
@@ -254,10 +259,7 @@ def _serve_gpu_rate(
 
     decoder = GpuJpegDecoder(spec, device_id=0, max_batch=batch)
     try:
-        batches = [
-            [jpegs[(start + k) % len(jpegs)] for k in range(batch)]
-            for start in range(0, max(len(jpegs), batch), batch)
-        ]
+        batches = _batches(jpegs, batch)
         first = decoder.fill(batches[0])  # nvImageCodec and cuDNN set-up happen here
         if first.failures:
             raise RuntimeError(f"GPU decoder refused bench images: {first.failures}")
