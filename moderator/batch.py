@@ -164,8 +164,10 @@ class Batcher:
         self, infer: Infer, device: DeviceInfer | None, pool: ThreadPoolExecutor
     ) -> None:
         loop = asyncio.get_running_loop()
-        decoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-decode")
-        self._pools.append(decoding)
+        decoding = None  # the decode stage's thread, for a worker with a GPU decoder
+        if device is not None:
+            decoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-decode")
+            self._pools.append(decoding)
         finishing: asyncio.Task[None] | None = None  # the previous batch's second stage
         try:
             while True:
@@ -174,7 +176,11 @@ class Batcher:
                     continue
                 started = time.monotonic()
                 items = [item.pixels for item in batch]
-                if device is None or not any(isinstance(p, bytes) for p in items):
+                if (
+                    device is None
+                    or decoding is None
+                    or not any(isinstance(p, bytes) for p in items)
+                ):
                     if finishing is not None:
                         await finishing
                         finishing = None
