@@ -142,7 +142,7 @@ def tiny_biased(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fc1_inputs(path: Path) -> list[str]:
-    """Op type feeding each QuickGelu's MatMul (Pad when the bias is folded in)."""
+    """Op type feeding each QuickGelu's MatMul (Concat when the bias is folded in)."""
     graph = onnx.load(str(path)).graph
     made_by = {out: node for node in graph.node for out in node.output}
     found = []
@@ -174,7 +174,7 @@ def test_fc1_bias_folds_into_the_matmul_on_fp16_by_default(
     assert ("mlp_bias_folded" in raw) == folded
     inputs = _fc1_inputs(out / "vision.onnx")
     assert len(inputs) == 2
-    assert all((op == "Pad") == folded for op in inputs), inputs
+    assert all((op == "Concat") == folded for op in inputs), inputs
     runtime = load_model(out, providers=("cpu",))
     pixels = _pixels(4, 32)
     bar = 0.9999 if precision == "fp32" else 0.999
