@@ -51,6 +51,7 @@ __all__ = [
     "GpuJpegDecoder",
     "gpu_eligible",
     "resize_crop_model",
+    "resize_crop_same_size_model",
 ]
 
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
@@ -83,6 +84,39 @@ def gpu_eligible(data: bytes, spec: PreprocessSpec) -> bool:
         return False
 
 
+def _resize_node(source: str, sizes: str, out: str) -> Any:
+    """Pillow's BICUBIC as ONNX Resize-18: cubic, a = -0.5, antialias when shrinking."""
+    from onnx import helper
+
+    return helper.make_node(
+        "Resize",
+        [source, "", "", sizes],
+        [out],
+        mode="cubic",
+        cubic_coeff_a=-0.5,
+        antialias=1,
+        coordinate_transformation_mode="half_pixel",
+    )
+
+
+def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, size: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        inputs,
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [count, size, size, 3])],
+        initializer=[
+            helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = _ORT_IR_VERSION
+    return bytes(model.SerializeToString())
+
+
 def resize_crop_model(count: int, size: int) -> bytes:
     """An ONNX graph taking `count` decoded images, each (h_i, w_i, 3) uint8 of its own size,
     and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
@@ -107,15 +141,7 @@ def resize_crop_model(count: int, size: int) -> bytes:
         nodes += [
             helper.make_node("Transpose", [f"image_{i}"], [f"chw_{i}"], perm=[2, 0, 1]),
             helper.make_node("Unsqueeze", [f"chw_{i}", "axis0"], [f"nchw_{i}"]),
-            helper.make_node(
-                "Resize",
-                [f"nchw_{i}", "", "", f"sizes_{i}"],
-                [f"resized_{i}"],
-                mode="cubic",
-                cubic_coeff_a=-0.5,
-                antialias=1,
-                coordinate_transformation_mode="half_pixel",
-            ),
+            _resize_node(f"nchw_{i}", f"sizes_{i}", f"resized_{i}"),
             helper.make_node(
                 "Slice", [f"resized_{i}", f"starts_{i}", f"ends_{i}", "hw_axes"], [f"crop_{i}"]
             ),
@@ -125,19 +151,41 @@ def resize_crop_model(count: int, size: int) -> bytes:
         helper.make_node("Concat", crops, ["batch_nchw"], axis=0),
         helper.make_node("Transpose", ["batch_nchw"], ["pixels"], perm=[0, 2, 3, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        f"resize_crop_{count}",
-        inputs,
-        [vi("pixels", TensorProto.UINT8, [count, size, size, 3])],
-        initializer=[
-            helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = _ORT_IR_VERSION
-    return bytes(model.SerializeToString())
+    return _model_bytes(f"resize_crop_{count}", nodes, inputs, count, size)
+
+
+def resize_crop_same_size_model(count: int, size: int) -> bytes:
+    """`resize_crop_model` for `count` images of one shape (h, w, 3): one Resize and one Slice
+    over the stacked batch instead of one each per image, and one `sizes` (count, 3, new_h,
+    new_w), `starts` and `ends` for all of them.
+
+    Why: per image, the mixed-size graph costs four bound inputs and four kernels; a batch of
+    same-size photos (a camera's, or a site's upload size) needs one input each and a few
+    kernels in all. Measured on an H200 for 128 1024×768 JPEGs: 20.3k img/s resized vs 19.3k
+    for the mixed graph, so the GPU's resize work, not the binding, bounds both.
+    """
+    from onnx import TensorProto, helper
+
+    if count < 1 or size < 1:
+        raise ValueError(f"count and size must be positive, got {count}, {size}")
+    vi = helper.make_tensor_value_info
+    inputs = [vi(f"image_{i}", TensorProto.UINT8, ["h", "w", 3]) for i in range(count)]
+    inputs += [
+        vi("sizes", TensorProto.INT64, [4]),
+        vi("starts", TensorProto.INT64, [2]),
+        vi("ends", TensorProto.INT64, [2]),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", [f"image_{i}", "axis0"], [f"nhwc_{i}"]) for i in range(count)
+    ]
+    nodes += [
+        helper.make_node("Concat", [f"nhwc_{i}" for i in range(count)], ["stack"], axis=0),
+        helper.make_node("Transpose", ["stack"], ["nchw"], perm=[0, 3, 1, 2]),
+        _resize_node("nchw", "sizes", "resized"),
+        helper.make_node("Slice", ["resized", "starts", "ends", "hw_axes"], ["crop"]),
+        helper.make_node("Transpose", ["crop"], ["pixels"], perm=[0, 2, 3, 1]),
+    ]
+    return _model_bytes(f"resize_crop_same_size_{count}", nodes, inputs, count, size)
 
 
 def geometry(
@@ -282,7 +330,9 @@ class GpuJpegDecoder:
         self._decode_stream = self._place_stream = 0
         self._decode_lock = threading.Lock()
         self._place_lock = threading.RLock()  # `embed_decoded` holds it across the model
-        self._sessions: dict[int, ort.InferenceSession] = {}
+        self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
+        # Off only to compare the two resize graphs (tests, probes).
+        self.same_size_resize = True
         try:
             self._cuda = _CudaRuntime()
             self._cuda.set_device(device_id)
@@ -324,7 +374,9 @@ class GpuJpegDecoder:
             np.array([s, s], np.int64),
         )
         for bucket in self._buckets:  # built now: a first use must not pay ~0.1 s per size
-            self._session(bucket)
+            self._session(bucket, same_size=False)
+            if bucket > 1:
+                self._session(bucket, same_size=True)
 
     def _on_device(self) -> None:
         """Make this GPU current in the calling thread, unless a decoder already did. ONNX
@@ -347,10 +399,10 @@ class GpuJpegDecoder:
                 self._cuda.destroy_stream(stream)
         self._decode_stream = self._place_stream = 0
 
-    def _session(self, count: int) -> ort.InferenceSession:
+    def _session(self, count: int, *, same_size: bool) -> ort.InferenceSession:
         import onnxruntime as ort
 
-        session = self._sessions.get(count)
+        session = self._sessions.get((count, same_size))
         if session is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # Memcpy-node warnings for the CPU-side sizes
@@ -361,12 +413,13 @@ class GpuJpegDecoder:
                 "device_id": str(self.device_id),
                 "user_compute_stream": str(self._place_stream),
             }
+            build = resize_crop_same_size_model if same_size else resize_crop_model
             session = ort.InferenceSession(
-                resize_crop_model(count, self.spec.image_size),
+                build(count, self.spec.image_size),
                 sess_options=options,
                 providers=[("CUDAExecutionProvider", cuda)],
             )
-            self._sessions[count] = session
+            self._sessions[(count, same_size)] = session
         return session
 
     # --- the two stages ---------------------------------------------------------------------
@@ -470,24 +523,40 @@ class GpuJpegDecoder:
     def _resize(self, images: Sequence[Any], base: int) -> None:
         count = len(images)
         bucket = next(b for b in self._buckets if b >= count)
-        session = self._session(bucket)
-        binding = session.io_binding()
-        for i in range(bucket):
-            if i < count:
-                cai = images[i].__cuda_array_interface__
-                height, width = int(cai["shape"][0]), int(cai["shape"][1])
-                pointer = int(cai["data"][0])
-                sizes, starts, ends = geometry(height, width, self.spec)
-            else:
-                height = width = self.spec.image_size
-                pointer = self._filler.data_ptr()
-                sizes, starts, ends = self._filler_geometry
-            binding.bind_input(
-                f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
-            )
-            binding.bind_cpu_input(f"sizes_{i}", sizes)
-            binding.bind_cpu_input(f"starts_{i}", starts)
-            binding.bind_cpu_input(f"ends_{i}", ends)
+        shapes = [image.__cuda_array_interface__["shape"] for image in images]
+        pointers = [int(image.__cuda_array_interface__["data"][0]) for image in images]
         s = self.spec.image_size
+        if count > 1 and self.same_size_resize and all(sh == shapes[0] for sh in shapes):
+            session = self._session(bucket, same_size=True)
+            binding = session.io_binding()
+            height, width = int(shapes[0][0]), int(shapes[0][1])
+            for i in range(bucket):  # a bucket's spare inputs repeat the first image
+                pointer = pointers[i] if i < count else pointers[0]
+                binding.bind_input(
+                    f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+                )
+            sizes, starts, ends = geometry(height, width, self.spec)
+            sizes[0] = bucket
+            binding.bind_cpu_input("sizes", sizes)
+            binding.bind_cpu_input("starts", starts)
+            binding.bind_cpu_input("ends", ends)
+        else:
+            session = self._session(bucket, same_size=False)
+            binding = session.io_binding()
+            for i in range(bucket):
+                if i < count:
+                    height, width = int(shapes[i][0]), int(shapes[i][1])
+                    pointer = pointers[i]
+                    sizes, starts, ends = geometry(height, width, self.spec)
+                else:
+                    height = width = s
+                    pointer = self._filler.data_ptr()
+                    sizes, starts, ends = self._filler_geometry
+                binding.bind_input(
+                    f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+                )
+                binding.bind_cpu_input(f"sizes_{i}", sizes)
+                binding.bind_cpu_input(f"starts_{i}", starts)
+                binding.bind_cpu_input(f"ends_{i}", ends)
         binding.bind_output("pixels", "cuda", self.device_id, np.uint8, [bucket, s, s, 3], base)
         session.run_with_iobinding(binding)

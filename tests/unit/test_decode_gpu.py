@@ -14,7 +14,13 @@ import pytest
 from PIL import Image
 
 from moderator.decode import PreprocessSpec
-from moderator.decode_gpu import GpuJpegDecoder, geometry, gpu_eligible, resize_crop_model
+from moderator.decode_gpu import (
+    GpuJpegDecoder,
+    geometry,
+    gpu_eligible,
+    resize_crop_model,
+    resize_crop_same_size_model,
+)
 from moderator.errors import ModelError
 
 SPEC = PreprocessSpec.for_model(224, 224)
@@ -63,6 +69,28 @@ def test_resize_graph_matches_pillow_bicubic_for_images_of_different_sizes() -> 
         diff = np.abs(got.astype(np.int16) - _pillow_resize_then_crop(rgb, SPEC))
         assert diff.mean() < 0.05  # measured 0.002 on photos: the same filter as Pillow's
         assert diff.max() <= 8
+
+
+def test_same_size_graph_gives_the_mixed_graphs_pixels() -> None:
+    images = [_photo(512, 384, seed) for seed in range(3)]
+    sizes, starts, ends = geometry(384, 512, SPEC)
+    mixed = ort.InferenceSession(
+        resize_crop_model(3, SPEC.image_size), providers=["CPUExecutionProvider"]
+    )
+    feeds = {}
+    for i, rgb in enumerate(images):
+        feeds |= {f"image_{i}": rgb, f"sizes_{i}": sizes, f"starts_{i}": starts, f"ends_{i}": ends}
+    (want,) = mixed.run(None, feeds)
+    same = ort.InferenceSession(
+        resize_crop_same_size_model(3, SPEC.image_size), providers=["CPUExecutionProvider"]
+    )
+    batch_sizes = sizes.copy()
+    batch_sizes[0] = 3
+    stacked = {f"image_{i}": rgb for i, rgb in enumerate(images)}
+    (got,) = same.run(None, stacked | {"sizes": batch_sizes, "starts": starts, "ends": ends})
+    assert got.shape == (3, 224, 224, 3)
+    np.testing.assert_array_equal(got, want)
+    assert len({got[i].tobytes() for i in range(3)}) == 3  # each row is its own image
 
 
 def test_geometry_is_the_cpu_paths_resize_and_centre_crop() -> None:
