@@ -120,6 +120,9 @@ def decode(
     workers: Annotated[int, typer.Option(help="Processes for all cores (0 = CPU count).")] = 0,
     gpu: Annotated[bool, typer.Option(help="Also time nvJPEG decode on CUDA if present.")] = True,
     gpu_batch: Annotated[int, typer.Option(help="JPEGs per GPU decode call.")] = 128,
+    gpu_processes: Annotated[
+        int, typer.Option(help="Also run serve's GPU path in N processes sharing GPU 0 (<2: no).")
+    ] = 4,
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:
@@ -135,6 +138,7 @@ def decode(
             workers=workers,
             gpu=gpu,
             gpu_batch=gpu_batch,
+            gpu_processes=gpu_processes,
         )
     except ModeratorError as exc:
         raise _fail(exc) from exc

@@ -253,8 +253,6 @@ def _serve_gpu_rate(
 ) -> tuple[float, float, dict[str, float]]:
     """`serve`'s GPU decoder over batches of `batch`: (img/s with its two stages in two
     threads as `serve` runs them, img/s in one thread, pixel difference vs the CPU path)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from moderator.decode_gpu import GpuJpegDecoder
 
     decoder = GpuJpegDecoder(spec, device_id=0, max_batch=batch)
@@ -267,21 +265,7 @@ def _serve_gpu_rate(
         want = np.stack([decode_image(b, spec) for b in batches[0][:8]]).astype(np.int16)
         diff = np.abs(got - want)
         parity = {"mean_abs": float(diff.mean()), "max_abs": float(diff.max())}
-        done = 0
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-decode") as pool:
-            ahead = pool.submit(decoder.decode, batches[0])
-            while True:
-                for k in range(len(batches)):
-                    decoded = ahead.result()
-                    ahead = pool.submit(decoder.decode, batches[(k + 1) % len(batches)])
-                    decoder.place(decoded)  # batch k on the SMs while k+1 decodes
-                    done += batch
-                elapsed = time.perf_counter() - started
-                if elapsed >= seconds:
-                    ahead.result()
-                    break
-        two_stages = done / elapsed
+        two_stages = _two_stage_rate(decoder, batches, seconds)
         done = 0
         started = time.perf_counter()
         while True:
@@ -295,11 +279,82 @@ def _serve_gpu_rate(
         decoder.close()
 
 
+def _two_stage_rate(decoder: Any, batches: list[list[bytes]], seconds: float) -> float:
+    """img/s with batch k+1 decoding in a second thread while batch k is placed, as the
+    service's batcher runs a GPU decoder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    done = 0
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-decode") as pool:
+        ahead = pool.submit(decoder.decode, batches[0])
+        while True:
+            for k in range(len(batches)):
+                decoded = ahead.result()
+                ahead = pool.submit(decoder.decode, batches[(k + 1) % len(batches)])
+                decoder.place(decoded)  # batch k on the SMs while k+1 decodes
+                done += len(decoded.items)
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                ahead.result()
+                return done / elapsed
+
+
+def _init_serve_gpu_worker(
+    jpegs: list[bytes], spec: PreprocessSpec, batch: int, barrier: Any
+) -> None:
+    _worker_images[:] = jpegs
+    _worker_state.update(spec=spec, batch=batch, barrier=barrier)
+
+
+def _serve_gpu_worker(seconds: float) -> float:
+    """In a worker process: `serve`'s GPU decoder, two stages, for `seconds`; img/s.
+
+    The decoder is made on the first call (seconds 0, which only waits at the barrier) and
+    kept: the timed call then starts in every process at once.
+    """
+    decoder = _worker_state.get("decoder")
+    barrier = _worker_state["barrier"]
+    if decoder is None:
+        try:
+            if problem := _serve_gpu_problem():  # also loads the CUDA libraries ORT needs
+                raise RuntimeError(problem)
+            from moderator.decode_gpu import GpuJpegDecoder
+
+            batch = _worker_state["batch"]
+            decoder = GpuJpegDecoder(_worker_state["spec"], device_id=0, max_batch=batch)
+            _worker_state.update(decoder=decoder, batches=_batches(_worker_images, batch))
+            decoder.fill(_worker_state["batches"][0])
+        except Exception:
+            barrier.abort()  # the others stop waiting for this process
+            raise
+    barrier.wait(_BARRIER_TIMEOUT_S)
+    if seconds <= 0:
+        return 0.0
+    return _two_stage_rate(decoder, _worker_state["batches"], seconds)
+
+
+def _serve_gpu_processes_rate(
+    jpegs: list[bytes], spec: PreprocessSpec, seconds: float, batch: int, processes: int
+) -> float:
+    """`serve`'s GPU path in `processes` processes on GPU 0 at once (as replicas sharing a
+    GPU run it): the sum of their img/s."""
+    context = _context()
+    with ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=context,
+        initializer=_init_serve_gpu_worker,
+        initargs=(jpegs, spec, batch, context.Barrier(processes)),
+    ) as pool:
+        list(pool.map(_serve_gpu_worker, [0.0] * processes))  # a decoder in each process
+        return sum(pool.map(_serve_gpu_worker, [seconds] * processes))
+
+
 def _serve_gpu_problem() -> str | None:
     """Why `serve`'s GPU decoder cannot run here, or None."""
     from moderator.embed.providers import select_providers
 
-    if select_providers(["cuda"])[0].name != "cuda":
+    if select_providers(["cuda", "cpu"])[0].name != "cuda":  # "cuda" alone raises without one
         return "GPU decode (serve) skipped: onnxruntime's CUDA provider cannot run here"
     try:
         from nvidia import nvimgcodec  # noqa: F401
@@ -341,13 +396,15 @@ def run_decode_bench(
     workers: int = 0,
     gpu: bool = True,
     gpu_batch: int = GPU_BATCH,
+    gpu_processes: int = 4,
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:
     """Decode rates of 1024×768 photo-like JPEGs and PNGs at crop size `size`.
 
     `ratio` is `serve`'s GPU JPEG rate ÷ the all-cores CPU JPEG rate (null without a GPU);
-    `ratio_vs_torch` is `serve`'s GPU rate ÷ the torch nvJPEG peer's.
+    `ratio_vs_torch` is `serve`'s GPU rate ÷ the torch nvJPEG peer's. With `gpu_processes`
+    > 1, a further row runs `serve`'s GPU path in that many processes sharing GPU 0.
     """
     if images < 1:
         raise ConfigError(f"--images must be >= 1, got {images}")
@@ -362,6 +419,7 @@ def run_decode_bench(
         "seconds": seconds,
         "workers": cores,
         "gpu_batch": gpu_batch,
+        "gpu_processes": gpu_processes,
     }
     progress(f"generating {images} JPEG and {images} PNG photo-like images")
     pool = bench_images(images, seed=seed, png_fraction=0.0)
@@ -385,7 +443,7 @@ def run_decode_bench(
         progress(f"{fmt}: pool submit ({cores} processes)")
         rate = _pool_submit(data, spec, seconds, cores)
         report.rows.append(_row("cpu pool submit", fmt, cores, rate))
-    serve_rate = None
+    serve_rate = shared_rate = None
     problem = _serve_gpu_problem() if gpu else "GPU decode skipped: --no-gpu"
     if problem is None:
         progress(f"JPEG: GPU as serve runs it, batches of {gpu_batch}")
@@ -399,6 +457,21 @@ def run_decode_bench(
             report.rows.append(_row("gpu (serve: nvimgcodec + ort)", "JPEG", 1, serve_rate))
             report.rows.append(_row("gpu (serve, stages in 1 thread)", "JPEG", 1, one_thread))
             report.config["serve_gpu_vs_cpu_pixels"] = parity
+            if gpu_processes > 1:
+                progress(f"JPEG: GPU as serve runs it, {gpu_processes} processes on GPU 0")
+                try:
+                    shared_rate = _serve_gpu_processes_rate(
+                        by_format["JPEG"], spec, seconds, gpu_batch, gpu_processes
+                    )
+                except Exception as exc:  # as above: a note, the other figures stand
+                    report.notes.append(
+                        f"GPU decode (serve, {gpu_processes} processes) failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                else:
+                    report.rows.append(
+                        _row("gpu (serve, processes)", "JPEG", gpu_processes, shared_rate)
+                    )
             report.notes.append(
                 "gpu (serve): pixels differ from the CPU path's by "
                 f"{parity['mean_abs']:.2f} levels on average (max {parity['max_abs']:.0f}): "
@@ -433,6 +506,7 @@ def run_decode_bench(
         "ratio_vs_torch": serve_rate / gpu_rate if serve_rate and gpu_rate else None,
         "jpeg_img_s": {"cpu_1_core": rates[("cpu-1-core", "JPEG")], "cpu_all_cores": cpu_all}
         | ({"gpu_serve": serve_rate} if serve_rate is not None else {})
+        | ({"gpu_serve_processes": shared_rate} if shared_rate is not None else {})
         | ({"gpu": gpu_rate} if gpu_rate is not None else {}),
         "png_img_s": {
             "cpu_1_core": rates[("cpu-1-core", "PNG")],
