@@ -580,6 +580,7 @@ async def _max_phase(
         )
         if len(system.processes) > 1:
             phase.extra["all_ready_after_s"] = round(all_ready - t0, 3)
+            phase.extra["verdicts_s_all_ready"] = _rate_since(collector.arrived, all_ready, t1)
         loop_cpu_1 = system.loop_cpu_s()
         # One process only: with replicas, the later ones' model loading would land in it.
         single = len(system.processes) == 1
@@ -592,6 +593,18 @@ async def _max_phase(
         await system.stop()
         raise
     return phase, system
+
+
+def _rate_since(arrived: dict[str, float], since: float, until: float | None) -> float | None:
+    """Answers per second from `since` (the last replica ready) to `until` (the N-th answer).
+
+    Why: replicas that finish loading after the clock starts make the group rebalance, and
+    consumption pauses while it does; this figure leaves that start-up out. None when the run
+    did not complete or less than a second of it came after `since`.
+    """
+    if until is None or until - since < 1.0:
+        return None
+    return sum(1 for t in arrived.values() if since < t <= until) / (until - since)
 
 
 async def _half_phase(
@@ -868,6 +881,11 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
         "max load: N preloaded events, clock from ready (group joined) to the N-th answer; "
         "half load: latency = verdict record timestamp - input record timestamp"
     )
+    if opts.replicas > 1:
+        report.notes.append(
+            "replicas: the clock starts when the first is ready; verdicts_s_all_ready counts "
+            "only the answers after the last one was ready (start-up rebalances left out)"
+        )
     report.finish()
     return report
 

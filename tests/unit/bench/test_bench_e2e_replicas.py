@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moderator.bench.cli import app
-from moderator.bench.e2e import E2EOptions, _batch_mean, _service_env
+from moderator.bench.e2e import E2EOptions, _batch_mean, _rate_since, _service_env
 
 
 def test_mean_batch_is_weighted_over_replicas() -> None:
@@ -53,3 +53,11 @@ def test_service_env_option_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     env = _env(opts, 1)
     assert env["MODERATOR_PIPELINE__DECODE_WORKERS"] == "7"
     assert env["MODERATOR_LOG__LEVEL"] == "WARNING"
+
+
+def test_rate_after_all_replicas_are_ready_counts_only_later_answers() -> None:
+    arrived = {f"e{i}": 10.0 + i * 0.5 for i in range(10)}  # 10.0 … 14.5
+    # From 12.0 to 14.5: the answers at 12.5, 13.0, 13.5, 14.0, 14.5 over 2.5 s.
+    assert _rate_since(arrived, 12.0, 14.5) == pytest.approx(5 / 2.5)
+    assert _rate_since(arrived, 14.0, 14.5) is None  # under a second: no figure
+    assert _rate_since(arrived, 12.0, None) is None  # the run did not complete
