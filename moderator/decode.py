@@ -16,6 +16,8 @@ ratios and differs from resize-then-crop by a level or two. Where we choose:
 - JPEGs are decoded with `Image.draft` (DCT downscale by 2, 4 or 8), never below the resize
   target: 2× the throughput at 1024×768, 7× at 4000×3000, a few levels of difference.
 - Only frame 0 of animations is read; frame counts are never asked for.
+- Plain 8-bit RGB PNGs are decoded by libspng (`moderator.decode_png`) rather than Pillow:
+  the same pixels (PNG is lossless) in ~60 % of the time.
 
 Every failure is a typed `DecodeError` (or `TooLarge`) whose message says what was wrong.
 The parity test (tests/unit/test_decode.py) holds these choices to cosine >= 0.999 against the
@@ -34,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from moderator.decode_png import PNG_MAGIC, decode_plain_rgb_png
 from moderator.errors import (
     ConfigError,
     DecodeError,
@@ -138,6 +141,8 @@ def decode_image(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8]:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
+            if (fast := _plain_png(data, spec)) is not None:
+                return fast
             with _open(data, spec) as im:
                 return _preprocess(im, spec)
         except Image.DecompressionBombError as exc:
@@ -233,6 +238,18 @@ def _describe(data: bytes) -> str:
     return "the bytes are text"
 
 
+def _plain_png(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8] | None:
+    """A plain RGB PNG decoded by libspng (`moderator.decode_png`), or None for Pillow."""
+    if "PNG" not in spec.allowed_formats or not data.startswith(PNG_MAGIC):
+        return None
+    rgb = decode_plain_rgb_png(data, spec.max_pixels)
+    if rgb is None:
+        return None
+    height, width = rgb.shape[:2]
+    target = _resize_size((width, height), spec.resize_shortest_edge)
+    return _finish(Image.fromarray(rgb), (float(width), float(height)), target, spec)
+
+
 def _preprocess(im: Image.Image, spec: PreprocessSpec) -> NDArray[np.uint8]:
     target = _resize_size(im.size, spec.resize_shortest_edge)  # from the full, stored size
     extent = (float(im.width), float(im.height))  # the full image, in current pixel units
@@ -256,6 +273,13 @@ def _preprocess(im: Image.Image, spec: PreprocessSpec) -> NDArray[np.uint8]:
         if method in _SWAPS_AXES:
             target = (target[1], target[0])
             extent = (extent[1], extent[0])
+    return _finish(pixels, extent, target, spec)
+
+
+def _finish(
+    pixels: Image.Image, extent: tuple[float, float], target: tuple[int, int], spec: PreprocessSpec
+) -> NDArray[np.uint8]:
+    """Decoded RGB or L pixels → the S×S RGB array: resize, crop, then grey to RGB."""
     pixels = _resize_crop(pixels, extent, target, spec.image_size)
     if pixels.mode == "L":
         pixels = pixels.convert("RGB")  # after the resize: grey needs a third of the work
