@@ -242,7 +242,10 @@ def _plain_png(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8] | None:
     """A plain RGB PNG decoded by libspng (`moderator.decode_png`), or None for Pillow."""
     if "PNG" not in spec.allowed_formats or not data.startswith(PNG_MAGIC):
         return None
-    rgb = decode_plain_rgb_png(data, spec.max_pixels)
+    limit = spec.max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None:  # Pillow's own bomb error starts above twice it
+        limit = min(limit, 2 * Image.MAX_IMAGE_PIXELS)
+    rgb = decode_plain_rgb_png(data, limit)
     if rgb is None:
         return None
     height, width = rgb.shape[:2]

@@ -6,15 +6,16 @@ CPU. PNG is lossless, so both give the same pixels; the rest of the path (resize
 `moderator.decode`'s.
 
 Only PNGs whose pixels Pillow would hand over unchanged take this path: 8-bit RGB, not
-interlaced, no transparency (tRNS), not animated (acTL), and nowhere Pillow finds an
-orientation (an eXIf chunk, or the text chunks ImageMagick and Adobe write EXIF and XMP
-into). Anything else, and anything libspng refuses, returns None and goes through Pillow,
-whose errors name what is wrong.
+interlaced, with no chunks but IDAT, a few fixed-size ancillary ones and short text that
+holds no orientation (`plain_rgb_size`), all with correct CRCs. Anything else (transparency,
+EXIF, animation, ICC profiles, damage), and anything libspng refuses, returns None and goes
+through Pillow, whose errors name what is wrong.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any, Final
 
 import numpy as np
@@ -30,34 +31,62 @@ __all__ = ["PNG_MAGIC", "decode_plain_rgb_png", "plain_rgb_size"]
 PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _RGB: Final = 2  # IHDR colour type: truecolour, no alpha
 _CHUNK: Final = struct.Struct(">I4s")
-# Chunks after which Pillow's pixels or orientation would differ from libspng's plain decode.
-_REFUSED: Final = frozenset({b"tRNS", b"eXIf", b"acTL"})
-_TEXT: Final = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+# The ancillary chunks allowed on this path, by their fixed lengths: Pillow reads them without
+# touching the pixels (gamma, chromaticities, sRGB intent, pixel size). Any other chunk but
+# IDAT, IEND and short tEXt sends the PNG to Pillow, whose checks then apply: transparency,
+# orientation (eXIf, EXIF or XMP text), animation, ICC profiles, compressed text and its
+# size limits, unknown or malformed chunks.
+_FIXED_LENGTH: Final = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"IEND": 0}
+_MAX_TEXT: Final = 1 << 16  # far below Pillow's text limits
 # Text keywords Pillow's getexif() reads an orientation from.
 _ORIENTATION_KEYWORDS: Final = frozenset({b"Raw profile type exif", b"XML:com.adobe.xmp"})
 
 
 def plain_rgb_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
-    """(width, height) when `data` is a PNG for this path, else None. Reads chunk headers
-    only (and the keyword of text chunks), up to IEND."""
-    if len(data) < 33 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+    """(width, height) when `data` is a PNG for this path, else None.
+
+    Walks the chunk headers up to IEND and checks the CRC of every chunk but IDAT (Pillow
+    checks those it parses, not the pixel data's). libspng ignores CRCs and the zlib
+    checksum, so the one damage this path lets through is a wrong Adler-32 after pixel data
+    that inflates in full; Pillow refuses that image.
+    """
+    if len(data) < 33 or not data.startswith(PNG_MAGIC) or data[8:16] != b"\0\0\0\rIHDR":
         return None
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    if depth != 8 or colour != _RGB or interlace or not 0 < width * height <= max_pixels:
+    width, height, depth, colour, method, filtering, interlace = struct.unpack(
+        ">IIBBBBB", data[16:29]
+    )
+    if (depth, colour, method, filtering, interlace) != (8, _RGB, 0, 0, 0):
+        return None
+    if not 0 < width * height <= max_pixels:
         return None
     pos = 8
-    while pos + 8 <= len(data):
+    seen_idat = False
+    while pos + 12 <= len(data):
         length, kind = _CHUNK.unpack_from(data, pos)
-        if kind in _REFUSED:
-            return None
-        if kind in _TEXT:
-            keyword = data[pos + 8 : pos + 8 + min(length, 80)].split(b"\0", 1)[0]
-            if keyword in _ORIENTATION_KEYWORDS:
+        end = pos + 12 + length
+        if end > len(data):
+            return None  # truncated: let Pillow say so
+        if kind == b"IDAT":
+            seen_idat = True
+        else:
+            body = data[pos + 4 : pos + 8 + length]
+            if zlib.crc32(body) != int.from_bytes(data[end - 4 : end], "big"):
                 return None
-        if kind == b"IEND":
-            return width, height
-        pos += 12 + length
-    return None  # no IEND: truncated, let Pillow say so
+            if pos > 8 and not _allowed(kind, length, body[4:]):
+                return None
+            if kind == b"IEND":
+                return (width, height) if seen_idat else None
+        pos = end
+    return None  # no IEND
+
+
+def _allowed(kind: bytes, length: int, body: bytes) -> bool:
+    """Whether an ancillary chunk (or IEND) may stay on this path."""
+    if kind in _FIXED_LENGTH:
+        return length == _FIXED_LENGTH[kind]
+    if kind == b"tEXt":
+        return length <= _MAX_TEXT and body.split(b"\0", 1)[0] not in _ORIENTATION_KEYWORDS
+    return False
 
 
 def decode_plain_rgb_png(data: bytes, max_pixels: int) -> NDArray[np.uint8] | None:

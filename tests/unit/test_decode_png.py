@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 from moderator import decode_png
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.decode_png import decode_plain_rgb_png, plain_rgb_size
-from moderator.errors import DecodeError
+from moderator.errors import DecodeError, DecompressionBomb
 
 SPEC = PreprocessSpec.for_model(224, 224)
 LIMIT = SPEC.max_pixels
@@ -38,6 +38,17 @@ def _interlaced(data: bytes) -> bytes:
     out[28] = 1
     out[29:33] = zlib.crc32(bytes(out[12:29])).to_bytes(4, "big")
     return bytes(out)
+
+
+def _chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + body) if crc is None else crc
+    return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+
+def _with_chunk(chunk: bytes) -> bytes:
+    """A plain 320×240 PNG with `chunk` inserted right after IHDR."""
+    data = _png(Image.fromarray(_rgb()))
+    return data[:33] + chunk + data[33:]
 
 
 def _black() -> Image.Image:
@@ -85,6 +96,12 @@ def test_decode_image_gives_the_same_array_with_or_without_libspng(
         ("XMP in a text chunk", _with_text("XML:com.adobe.xmp")),
         ("animated", _png(Image.fromarray(_rgb()), save_all=True, append_images=[_black()])),
         ("no IEND", _png(Image.fromarray(_rgb()))[:-12]),
+        ("ICC profile", _with_chunk(_chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"profile")))),
+        ("frame control without acTL", _with_chunk(_chunk(b"fcTL", bytes(26)))),
+        ("compressed text", _with_chunk(_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"x")))),
+        ("short gAMA", _with_chunk(_chunk(b"gAMA", b"\0\0"))),
+        ("bad CRC on a text chunk", _with_chunk(_chunk(b"tEXt", b"Comment\0hi", crc=0))),
+        ("unknown chunk", _with_chunk(_chunk(b"abcd", b"x"))),
         ("not a PNG", b"\xff\xd8\xff" + b"\x00" * 64),
     ],
 )
@@ -92,8 +109,17 @@ def test_only_pngs_whose_pixels_pillow_passes_through_take_the_path(name: str, d
     assert plain_rgb_size(data, LIMIT) is None, name
 
 
-def test_an_ordinary_text_chunk_does_not_keep_a_png_off_the_path() -> None:
+def test_ordinary_text_and_colour_chunks_do_not_keep_a_png_off_the_path() -> None:
     assert plain_rgb_size(_with_text("Software"), LIMIT) == (320, 240)
+    gamma = _chunk(b"gAMA", (45455).to_bytes(4, "big"))
+    assert plain_rgb_size(_with_chunk(gamma + _chunk(b"sRGB", b"\0")), LIMIT) == (320, 240)
+
+
+def test_pillows_own_bomb_limit_still_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _png(Image.fromarray(_rgb()))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 320 * 240 // 4)  # 2× it < the image
+    with pytest.raises(DecompressionBomb):
+        decode_image(data, SPEC)
 
 
 def test_the_pixel_limit_is_read_from_the_header() -> None:
