@@ -52,6 +52,7 @@ __all__ = [
     "gpu_eligible",
     "resize_crop_model",
     "resize_crop_same_size_model",
+    "takes_same_size_graph",
 ]
 
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
@@ -59,6 +60,7 @@ _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
+_SAME_SIZE_BYTES: Final = 1 << 30  # the same-size graph's stacked copies: 2 × batch × image
 _current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
 
@@ -186,6 +188,18 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
         helper.make_node("Transpose", ["crop"], ["pixels"], perm=[0, 2, 3, 1]),
     ]
     return _model_bytes(f"resize_crop_same_size_{count}", nodes, inputs, count, size)
+
+
+def takes_same_size_graph(count: int, bucket: int, shapes: Sequence[Sequence[int]]) -> bool:
+    """Whether a batch goes through `resize_crop_same_size_model`: a full bucket of images of
+    one shape (a bucket's spare inputs would be full-size resizes for nothing) whose two
+    stacked copies fit in `_SAME_SIZE_BYTES` of GPU memory."""
+    if count < 2 or count != bucket or len(shapes) != count:
+        return False
+    first = tuple(int(d) for d in shapes[0])
+    if any(tuple(int(d) for d in shape) != first for shape in shapes):
+        return False
+    return 2 * count * int(np.prod(first)) <= _SAME_SIZE_BYTES
 
 
 def geometry(
@@ -526,12 +540,11 @@ class GpuJpegDecoder:
         shapes = [image.__cuda_array_interface__["shape"] for image in images]
         pointers = [int(image.__cuda_array_interface__["data"][0]) for image in images]
         s = self.spec.image_size
-        if count > 1 and self.same_size_resize and all(sh == shapes[0] for sh in shapes):
+        if self.same_size_resize and takes_same_size_graph(count, bucket, shapes):
             session = self._session(bucket, same_size=True)
             binding = session.io_binding()
             height, width = int(shapes[0][0]), int(shapes[0][1])
-            for i in range(bucket):  # a bucket's spare inputs repeat the first image
-                pointer = pointers[i] if i < count else pointers[0]
+            for i, pointer in enumerate(pointers):  # a full bucket: no spare inputs
                 binding.bind_input(
                     f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
                 )

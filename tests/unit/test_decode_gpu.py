@@ -20,6 +20,7 @@ from moderator.decode_gpu import (
     gpu_eligible,
     resize_crop_model,
     resize_crop_same_size_model,
+    takes_same_size_graph,
 )
 from moderator.errors import ModelError
 
@@ -91,6 +92,15 @@ def test_same_size_graph_gives_the_mixed_graphs_pixels() -> None:
     assert got.shape == (3, 224, 224, 3)
     np.testing.assert_array_equal(got, want)
     assert len({got[i].tobytes() for i in range(3)}) == 3  # each row is its own image
+
+
+def test_only_full_buckets_of_one_modest_shape_take_the_same_size_graph() -> None:
+    photo = (768, 1024, 3)
+    assert takes_same_size_graph(8, 8, [photo] * 8)
+    assert not takes_same_size_graph(5, 8, [photo] * 5)  # 3 spare full-size resizes
+    assert not takes_same_size_graph(1, 1, [photo])
+    assert not takes_same_size_graph(2, 2, [photo, (480, 640, 3)])
+    assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128)  # 9 GB stacked
 
 
 def test_geometry_is_the_cpu_paths_resize_and_centre_crop() -> None:
