@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -346,8 +347,21 @@ def _serve_gpu_processes_rate(
         initializer=_init_serve_gpu_worker,
         initargs=(jpegs, spec, batch, context.Barrier(processes)),
     ) as pool:
-        list(pool.map(_serve_gpu_worker, [0.0] * processes))  # a decoder in each process
-        return sum(pool.map(_serve_gpu_worker, [seconds] * processes))
+        _all_or_cause(pool, 0.0, processes)  # a decoder in each process
+        # Each process stops after its own last full pass, so the sum counts a little time
+        # with fewer processes running: a slight overestimate, under one pass per process.
+        return sum(_all_or_cause(pool, seconds, processes))
+
+
+def _all_or_cause(pool: ProcessPoolExecutor, seconds: float, processes: int) -> list[float]:
+    """Every worker's rate; if any failed, the first failure that is not another worker's
+    broken barrier (the one that aborted it says why)."""
+    futures = [pool.submit(_serve_gpu_worker, seconds) for _ in range(processes)]
+    errors = [exc for future in futures if (exc := future.exception()) is not None]
+    if errors:
+        causes = [exc for exc in errors if not isinstance(exc, threading.BrokenBarrierError)]
+        raise (causes or errors)[0]
+    return [future.result() for future in futures]
 
 
 def _serve_gpu_problem() -> str | None:
