@@ -301,14 +301,7 @@ def _two_stage_rate(decoder: Any, batches: list[list[bytes]], seconds: float) ->
                 return done / elapsed
 
 
-def _init_serve_gpu_worker(
-    jpegs: list[bytes], spec: PreprocessSpec, batch: int, barrier: Any
-) -> None:
-    _worker_images[:] = jpegs
-    _worker_state.update(spec=spec, batch=batch, barrier=barrier)
-
-
-def _serve_gpu_worker(seconds: float) -> float:
+def _serve_gpu_worker(seconds: float, batch: int) -> float:
     """In a worker process: `serve`'s GPU decoder, two stages, for `seconds`; img/s.
 
     The decoder is made on the first call (seconds 0, which only waits at the barrier) and
@@ -322,7 +315,6 @@ def _serve_gpu_worker(seconds: float) -> float:
                 raise RuntimeError(problem)
             from moderator.decode_gpu import GpuJpegDecoder
 
-            batch = _worker_state["batch"]
             decoder = GpuJpegDecoder(_worker_state["spec"], device_id=0, max_batch=batch)
             _worker_state.update(decoder=decoder, batches=_batches(_worker_images, batch))
             decoder.fill(_worker_state["batches"][0])
@@ -344,19 +336,21 @@ def _serve_gpu_processes_rate(
     with ProcessPoolExecutor(
         max_workers=processes,
         mp_context=context,
-        initializer=_init_serve_gpu_worker,
-        initargs=(jpegs, spec, batch, context.Barrier(processes)),
+        initializer=_init_worker,
+        initargs=(jpegs, spec, context.Barrier(processes)),
     ) as pool:
-        _all_or_cause(pool, 0.0, processes)  # a decoder in each process
+        _all_or_cause(pool, 0.0, batch, processes)  # a decoder in each process
         # Each process stops after its own last full pass, so the sum counts a little time
         # with fewer processes running: a slight overestimate, under one pass per process.
-        return sum(_all_or_cause(pool, seconds, processes))
+        return sum(_all_or_cause(pool, seconds, batch, processes))
 
 
-def _all_or_cause(pool: ProcessPoolExecutor, seconds: float, processes: int) -> list[float]:
+def _all_or_cause(
+    pool: ProcessPoolExecutor, seconds: float, batch: int, processes: int
+) -> list[float]:
     """Every worker's rate; if any failed, the first failure that is not another worker's
     broken barrier (the one that aborted it says why)."""
-    futures = [pool.submit(_serve_gpu_worker, seconds) for _ in range(processes)]
+    futures = [pool.submit(_serve_gpu_worker, seconds, batch) for _ in range(processes)]
     errors = [exc for future in futures if (exc := future.exception()) is not None]
     if errors:
         causes = [exc for exc in errors if not isinstance(exc, threading.BrokenBarrierError)]
