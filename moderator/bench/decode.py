@@ -87,14 +87,19 @@ def _context() -> Any:
     return multiprocessing.get_context("forkserver")
 
 
-def _all_cores(images: list[bytes], spec: PreprocessSpec, seconds: float, workers: int) -> float:
+def _barrier_pool(images: list[bytes], spec: PreprocessSpec, workers: int) -> ProcessPoolExecutor:
+    """`workers` processes holding `images` and `spec`, with one start barrier for them all."""
     context = _context()
-    with ProcessPoolExecutor(
+    return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
         initargs=(images, spec, context.Barrier(workers)),
-    ) as pool:
+    )
+
+
+def _all_cores(images: list[bytes], spec: PreprocessSpec, seconds: float, workers: int) -> float:
+    with _barrier_pool(images, spec, workers) as pool:
         list(pool.map(_decode_loop, [0.0] * workers))  # start every worker, warm its caches
         results = list(pool.map(_decode_loop, [seconds] * workers))
     # Every worker ran for `seconds` at the same time: the rates add up.
@@ -332,13 +337,7 @@ def _serve_gpu_processes_rate(
 ) -> float:
     """`serve`'s GPU path in `processes` processes on GPU 0 at once (as replicas sharing a
     GPU run it): the sum of their img/s."""
-    context = _context()
-    with ProcessPoolExecutor(
-        max_workers=processes,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(jpegs, spec, context.Barrier(processes)),
-    ) as pool:
+    with _barrier_pool(jpegs, spec, processes) as pool:
         _all_or_cause(pool, 0.0, batch, processes)  # a decoder in each process
         # Each process stops after its own last full pass, so the sum counts a little time
         # with fewer processes running: a slight overestimate, under one pass per process.
