@@ -295,6 +295,20 @@ class DeviceBatch:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Image:
+    """A decoded image and what its `__cuda_array_interface__` said, read once.
+
+    Why once: each read of the interface leaves and retakes the GIL three times inside
+    nvImageCodec, and retaking it from a busy event loop can cost a switch interval (5 ms).
+    """
+
+    image: Any  # nvImageCodec's Image: owns the GPU memory at `pointer`
+    height: int
+    width: int
+    pointer: int
+
+
 @dataclass(slots=True)
 class Decoded:
     """A batch after the decode stage: full-size images on the GPU, host pixels untouched.
@@ -305,7 +319,7 @@ class Decoded:
 
     items: Sequence[Pixels | bytes]
     encoded: list[int]
-    images: list[Any]
+    images: list[_Image]
     failures: dict[int, str]
 
 
@@ -444,7 +458,7 @@ class GpuJpegDecoder:
             raise ValueError(f"{len(items)} items, more than max_batch {self.max_batch}")
         encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
         failures: dict[int, str] = {}
-        images: list[Any] = []
+        images: list[_Image] = []
         kept: list[int] = []
         if encoded:
             with self._decode_lock:
@@ -452,11 +466,11 @@ class GpuJpegDecoder:
                 results = self._decode([item for item in items if isinstance(item, bytes)])
                 self._cuda.synchronize(self._decode_stream)
             for index, (image, problem) in zip(encoded, results, strict=True):
-                if problem is None:
+                if image is not None:
                     kept.append(index)
                     images.append(image)
                 else:
-                    failures[index] = problem
+                    failures[index] = problem or "GPU decoder could not decode it"
         return Decoded(items, kept, images, failures)
 
     def place(self, decoded: Decoded) -> DeviceBatch:
@@ -513,40 +527,40 @@ class GpuJpegDecoder:
         """Both stages and the model in this thread (see `embed_decoded`)."""
         return self.embed_decoded(self.decode(items), encode)
 
-    def _decode(self, data: Sequence[bytes]) -> list[tuple[Any, str | None]]:
+    def _decode(self, data: Sequence[bytes]) -> list[tuple[_Image | None, str | None]]:
         """nvImageCodec over the batch: (image, None) or (None, why) per item."""
         try:
             images = self._decoder.decode(list(data), cuda_stream=self._decode_stream)
         except Exception as exc:  # the whole call failed: every item goes to the CPU
             return [(None, f"GPU decode failed: {exc}")] * len(data)
-        out: list[tuple[Any, str | None]] = []
+        out: list[tuple[_Image | None, str | None]] = []
         for image in images:
             if image is None:
                 out.append((None, "GPU decoder could not decode it"))
                 continue
-            cai = image.__cuda_array_interface__
+            cai = image.__cuda_array_interface__  # the only read: see `_Image`
             shape = tuple(int(d) for d in cai["shape"])
             if cai["typestr"] != "|u1" or len(shape) != 3 or shape[2] != 3:
                 out.append((None, f"GPU decoder gave {cai['typestr']} {shape}, not RGB"))
             elif cai.get("strides") not in (None, (shape[1] * 3, 3, 1)):
                 out.append((None, f"GPU decoder gave padded rows {cai['strides']}"))
             else:
-                out.append((image, None))
+                out.append((_Image(image, shape[0], shape[1], int(cai["data"][0])), None))
         return out
 
-    def _resize(self, images: Sequence[Any], base: int) -> None:
+    def _resize(self, images: Sequence[_Image], base: int) -> None:
         count = len(images)
         bucket = next(b for b in self._buckets if b >= count)
-        shapes = [image.__cuda_array_interface__["shape"] for image in images]
-        pointers = [int(image.__cuda_array_interface__["data"][0]) for image in images]
+        shapes = [(image.height, image.width, 3) for image in images]
         s = self.spec.image_size
         if self.same_size_resize and takes_same_size_graph(count, bucket, shapes):
             session = self._session(bucket, same_size=True)
             binding = session.io_binding()
-            height, width = int(shapes[0][0]), int(shapes[0][1])
-            for i, pointer in enumerate(pointers):  # a full bucket: no spare inputs
+            height, width = images[0].height, images[0].width
+            shape = [height, width, 3]
+            for i, image in enumerate(images):  # a full bucket: no spare inputs
                 binding.bind_input(
-                    f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+                    f"image_{i}", "cuda", self.device_id, np.uint8, shape, image.pointer
                 )
             sizes, starts, ends = geometry(height, width, self.spec)
             sizes[0] = bucket
@@ -558,8 +572,7 @@ class GpuJpegDecoder:
             binding = session.io_binding()
             for i in range(bucket):
                 if i < count:
-                    height, width = int(shapes[i][0]), int(shapes[i][1])
-                    pointer = pointers[i]
+                    height, width, pointer = images[i].height, images[i].width, images[i].pointer
                     sizes, starts, ends = geometry(height, width, self.spec)
                 else:
                     height = width = s

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The fifth GPU lease's runs (2026-11-27), in order; JSON lands in $OUT. Steps:
+#   setup     as lease3.sh (wheels, Java + Kafka, broker up), plus py-spy when carried
+#   gil       gil_probe.py: the decode stage with a spinning Python thread beside it
+#   gputest   tests/gpu on this card
+#   decode    bench decode (with the `--gpu-processes 4` row)
+#   gpue2e    GPU-decode e2e, 4 replicas on GPU 0, 16000 events: default decode pools, then
+#             2 decode processes per replica (WORKERS=2)
+#   model     bench model at batch 256, three times in one call
+#   naive     CPU decoding (the default), 8 replicas on GPU 0, against the naive peer: the
+#             ratio and our half-load p99 from one run
+# Carries before `setup`: as lease4.sh.
+set -uo pipefail
+export PYTHONPATH=/root/site:$PWD
+export PATH=/root/jre/bin:$PATH
+step=${1:?setup|gil|gputest|decode|gpue2e|model|naive}
+probes=docs/performance/2026-11-27/probes
+noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
+log() { echo "== $(date +%T) $*"; }
+e2e=(--model b32 --precision fp16 --unique 64 --producers 4 --duration 10 --partitions 16)
+case $step in
+setup)
+  bash $probes/lease3.sh setup
+  [ -d /root/w/tools ] && python3 -m pip install -q --no-deps --target /root/pyspy /root/w/tools/py_spy-*.whl
+  ;;
+gil)
+  python3 $probes/gil_probe.py 2>&1 | grep -v "$noise" | tail -8
+  ;;
+gputest)
+  python3 -m pytest -q -p no:cacheprovider -c /dev/null --rootdir . tests/gpu tests/unit/test_decode_gpu.py 2>&1 | tail -6
+  ;;
+decode)
+  python3 -m moderator bench decode --seconds 3 --out "$OUT/decode.json" 2>&1 | grep -v "$noise" | tail -16
+  ;;
+gpue2e)
+  for workers in default ${WORKERS:-}; do
+    extra=()
+    [ "$workers" = default ] || extra=(--service-env "MODERATOR_PIPELINE__DECODE_WORKERS=$workers")
+    log "4 replicas on GPU 0, GPU decode on, decode processes per replica: $workers"
+    python3 -m moderator bench e2e "${e2e[@]}" --service-env MODERATOR_PIPELINE__GPU_DECODE=on \
+      "${extra[@]}" --events 16000 --replicas 4 --replica-devices 0 --peer none --timeout 90 \
+      --out "$OUT/e2e-r4-d0-gpudecode-w$workers.json" 2>&1 | grep -E "^ours " | head -3
+  done
+  ;;
+model)
+  for k in 1 2 3; do
+    log "bench model, batch 256, run $k"
+    python3 -m moderator bench model --model b32 --precision fp16 --batch 256 \
+      --pixels device --seconds 4 --out "$OUT/model-b32-device-256-$k.json" 2>&1 | tail -3
+  done
+  ;;
+naive)
+  log "8 replicas on GPU 0, CPU decoding, vs the naive peer"
+  python3 -m moderator bench e2e "${e2e[@]}" --events 16000 --replicas 8 --replica-devices 0 \
+    --peer naive --no-peer-latency --timeout 90 --out "$OUT/e2e-r8-d0-cpudecode-naive.json" 2>&1 | tail -8
+  ;;
+esac
