@@ -8,10 +8,13 @@ processes on one GPU, but a latency tail of seconds, so `serve` uses it only whe
 (`pipeline.gpu_decode`).
 
 Where it differs from the CPU path (`moderator.decode`): the JPEG is decoded at full size
-(no DCT draft), then resized with ONNX's Resize-18 (cubic, a = -0.5, antialias: Pillow's
-BICUBIC filter) and centre-cropped, i.e. resize-then-crop as the processor does; pixels
-differ from the CPU path's by 0.45 levels on average. Only JPEGs the CPU path would treat
-the same way come here (`gpu_eligible`): RGB/YCbCr or grey (not CMYK, not MPO), within the
+(nvImageCodec has no DCT draft), then brought down to the size the CPU path's draft decodes
+at (`reduction`): a 2×2 box average, then for 4× and 8× drafts an antialiased linear resize
+(Pillow's `reduce(2)`, then BILINEAR). Then ONNX's Resize-18 (cubic, a = -0.5, antialias:
+Pillow's BICUBIC filter) and a centre crop, i.e. resize-then-crop as the processor does.
+The reduction leaves the cubic filter a quarter of the pixels or fewer to read, and keeps
+pixels ~0.5 levels from the CPU path's on average. Only JPEGs the CPU path would treat the
+same way come here (`gpu_eligible`): RGB/YCbCr or grey (not CMYK, not MPO), within the
 pixel limit, resize edge >= crop size. nvImageCodec applies EXIF orientation. Anything
 else, and any image the GPU fails on, goes back to the CPU path, which gives bad images
 their usual `DecodeError`.
@@ -50,6 +53,7 @@ __all__ = [
     "DeviceBatch",
     "GpuJpegDecoder",
     "gpu_eligible",
+    "reduction",
     "resize_crop_model",
     "resize_crop_same_size_model",
     "takes_same_size_graph",
@@ -101,6 +105,33 @@ def _resize_node(source: str, sizes: str, out: str) -> Any:
     )
 
 
+def _reduce_nodes(source: str, half: str, draft: str, out: str) -> list[Any]:
+    """The CPU path's JPEG draft, on decoded pixels: scales `half` (1, 1, 0.5, 0.5) by linear
+    interpolation without antialias, which at a scale of exactly 1/2 is a 2×2 box average
+    (an odd last row or column is dropped), then sizes `draft` by an antialiased linear
+    resize. Scales of 1 and the input's own size change nothing: a draft that does not
+    reduce that far."""
+    from onnx import helper
+
+    return [
+        helper.make_node(
+            "Resize",
+            [source, "", half],
+            [f"{out}_half"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
+        helper.make_node(
+            "Resize",
+            [f"{out}_half", "", "", draft],
+            [out],
+            mode="linear",
+            antialias=1,
+            coordinate_transformation_mode="half_pixel",
+        ),
+    ]
+
+
 def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, size: int) -> bytes:
     from onnx import TensorProto, helper
 
@@ -123,9 +154,10 @@ def resize_crop_model(count: int, size: int) -> bytes:
     """An ONNX graph taking `count` decoded images, each (h_i, w_i, 3) uint8 of its own size,
     and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
 
-    Per image i: `image_i`, and three int64 inputs the host computes from the image's shape
-    (`geometry`): `sizes_i` (1, 3, new_h, new_w), `starts_i` / `ends_i` (crop window, rows
-    and columns). One run resizes a whole batch of mixed sizes with one Python call.
+    Per image i: `image_i`, and five int64 inputs the host computes from the image's shape:
+    `half_i` / `draft_i` (`reduction`), `sizes_i` (1, 3, new_h, new_w), `starts_i` / `ends_i`
+    (crop window, rows and columns; `geometry`). One run resizes a whole batch of mixed sizes
+    with one Python call.
     """
     from onnx import TensorProto, helper  # onnx is needed only to build; ORT runs the bytes
 
@@ -136,6 +168,8 @@ def resize_crop_model(count: int, size: int) -> bytes:
     for i in range(count):
         inputs += [
             vi(f"image_{i}", TensorProto.UINT8, [f"h{i}", f"w{i}", 3]),
+            vi(f"half_{i}", TensorProto.FLOAT, [4]),
+            vi(f"draft_{i}", TensorProto.INT64, [4]),
             vi(f"sizes_{i}", TensorProto.INT64, [4]),
             vi(f"starts_{i}", TensorProto.INT64, [2]),
             vi(f"ends_{i}", TensorProto.INT64, [2]),
@@ -143,7 +177,8 @@ def resize_crop_model(count: int, size: int) -> bytes:
         nodes += [
             helper.make_node("Transpose", [f"image_{i}"], [f"chw_{i}"], perm=[2, 0, 1]),
             helper.make_node("Unsqueeze", [f"chw_{i}", "axis0"], [f"nchw_{i}"]),
-            _resize_node(f"nchw_{i}", f"sizes_{i}", f"resized_{i}"),
+            *_reduce_nodes(f"nchw_{i}", f"half_{i}", f"draft_{i}", f"drafted_{i}"),
+            _resize_node(f"drafted_{i}", f"sizes_{i}", f"resized_{i}"),
             helper.make_node(
                 "Slice", [f"resized_{i}", f"starts_{i}", f"ends_{i}", "hw_axes"], [f"crop_{i}"]
             ),
@@ -159,7 +194,7 @@ def resize_crop_model(count: int, size: int) -> bytes:
 def resize_crop_same_size_model(count: int, size: int) -> bytes:
     """`resize_crop_model` for `count` images of one shape (h, w, 3): one Resize and one Slice
     over the stacked batch instead of one each per image, and one `sizes` (count, 3, new_h,
-    new_w), `starts` and `ends` for all of them.
+    new_w), `half`, `draft`, `starts` and `ends` for all of them.
 
     Why: per image, the mixed-size graph costs four bound inputs and four kernels; a batch of
     same-size photos (a camera's, or a site's upload size) needs one input each and a few
@@ -173,6 +208,8 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
     vi = helper.make_tensor_value_info
     inputs = [vi(f"image_{i}", TensorProto.UINT8, ["h", "w", 3]) for i in range(count)]
     inputs += [
+        vi("half", TensorProto.FLOAT, [4]),
+        vi("draft", TensorProto.INT64, [4]),
         vi("sizes", TensorProto.INT64, [4]),
         vi("starts", TensorProto.INT64, [2]),
         vi("ends", TensorProto.INT64, [2]),
@@ -183,7 +220,8 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
     nodes += [
         helper.make_node("Concat", [f"nhwc_{i}" for i in range(count)], ["stack"], axis=0),
         helper.make_node("Transpose", ["stack"], ["nchw"], perm=[0, 3, 1, 2]),
-        _resize_node("nchw", "sizes", "resized"),
+        *_reduce_nodes("nchw", "half", "draft", "drafted"),
+        _resize_node("drafted", "sizes", "resized"),
         helper.make_node("Slice", ["resized", "starts", "ends", "hw_axes"], ["crop"]),
         helper.make_node("Transpose", ["crop"], ["pixels"], perm=[0, 2, 3, 1]),
     ]
@@ -214,6 +252,21 @@ def geometry(
         np.array([top, left], np.int64),
         np.array([top + s, left + s], np.int64),
     )
+
+
+def reduction(height: int, width: int, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The resize graphs' `half` (scales) and `draft` (sizes, 1, 3, h, w) for one decoded
+    image: down to about the size Pillow's JPEG draft decodes it at for the CPU path (1/2,
+    1/4 or 1/8, never below the resize target), by halving once, then the rest."""
+    new_w, new_h = _resize_size((width, height), spec.resize_shortest_edge)
+    ratio = min(width // new_w, height // new_h)
+    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    if scale == 1:
+        return np.ones(4, np.float32), np.array([1, 3, height, width], np.int64)
+    half_h, half_w = height // 2, width // 2  # what Resize gives at a scale of 1/2
+    rest = scale // 2
+    draft = (-(-half_h // rest), -(-half_w // rest))
+    return np.array([1, 1, 0.5, 0.5], np.float32), np.array([1, 3, *draft], np.int64)
 
 
 class _CudaRuntime:
@@ -396,11 +449,9 @@ class GpuJpegDecoder:
         self._filler = ort.OrtValue.ortvalue_from_numpy(
             np.zeros((s, s, 3), np.uint8), "cuda", self.device_id
         )
-        self._filler_geometry = (
-            np.array([1, 3, s, s], np.int64),
-            np.array([0, 0], np.int64),
-            np.array([s, s], np.int64),
-        )
+        same = np.array([1, 3, s, s], np.int64)
+        ones = np.ones(4, np.float32)
+        self._filler_geometry = (ones, same, same, np.array([0, 0], np.int64), same[2:])
         for bucket in self._buckets:  # built now: a first use must not pay ~0.1 s per size
             self._session(bucket, same_size=False)
             if bucket > 1:
@@ -563,7 +614,10 @@ class GpuJpegDecoder:
                     f"image_{i}", "cuda", self.device_id, np.uint8, shape, image.pointer
                 )
             sizes, starts, ends = geometry(height, width, self.spec)
-            sizes[0] = bucket
+            half, draft = reduction(height, width, self.spec)
+            sizes[0] = draft[0] = bucket
+            binding.bind_cpu_input("half", half)
+            binding.bind_cpu_input("draft", draft)
             binding.bind_cpu_input("sizes", sizes)
             binding.bind_cpu_input("starts", starts)
             binding.bind_cpu_input("ends", ends)
@@ -573,14 +627,17 @@ class GpuJpegDecoder:
             for i in range(bucket):
                 if i < count:
                     height, width, pointer = images[i].height, images[i].width, images[i].pointer
+                    half, draft = reduction(height, width, self.spec)
                     sizes, starts, ends = geometry(height, width, self.spec)
                 else:
                     height = width = s
                     pointer = self._filler.data_ptr()
-                    sizes, starts, ends = self._filler_geometry
+                    half, draft, sizes, starts, ends = self._filler_geometry
                 binding.bind_input(
                     f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
                 )
+                binding.bind_cpu_input(f"half_{i}", half)
+                binding.bind_cpu_input(f"draft_{i}", draft)
                 binding.bind_cpu_input(f"sizes_{i}", sizes)
                 binding.bind_cpu_input(f"starts_{i}", starts)
                 binding.bind_cpu_input(f"ends_{i}", ends)

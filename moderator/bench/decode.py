@@ -482,7 +482,7 @@ def run_decode_bench(
             report.notes.append(
                 "gpu (serve): pixels differ from the CPU path's by "
                 f"{parity['mean_abs']:.2f} levels on average (max {parity['max_abs']:.0f}): "
-                "full decode vs the CPU path's JPEG draft"
+                "GPU IDCT at full size, box and linear reduction vs the CPU path's DCT draft"
             )
     else:
         report.notes.append(problem)

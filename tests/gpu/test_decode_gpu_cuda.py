@@ -1,8 +1,8 @@
 """`GpuJpegDecoder` on a real GPU (nvImageCodec + ONNX Runtime's CUDA provider).
 
 Skipped where either is missing, as in CI; run on the GPU machine with
-`python -m pytest -q tests/gpu`. Reference: Pillow's full decode, then BICUBIC resize and
-centre crop, the processor's PIL path.
+`python -m pytest -q tests/gpu`. Reference: Pillow's full decode, the graph's reduction to
+the CPU path's draft size (`reduce(2)`, then BILINEAR), then BICUBIC resize and centre crop.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from moderator.bench.images import bench_images
 from moderator.decode import PreprocessSpec, decode_image
-from moderator.decode_gpu import GpuJpegDecoder, geometry
+from moderator.decode_gpu import GpuJpegDecoder, geometry, reduction
 from moderator.embed.providers import cuda_device_count
 
 
@@ -34,11 +34,16 @@ SPEC = PreprocessSpec.for_model(224, 224)
 
 def _reference(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    sizes, starts, _ = geometry(rgb.shape[0], rgb.shape[1], SPEC)
-    resized = np.asarray(
-        Image.fromarray(rgb).resize((int(sizes[3]), int(sizes[2])), Image.Resampling.BICUBIC)
-    )
+        full = ImageOps.exif_transpose(im).convert("RGB")
+    width, height = full.size
+    half, draft = reduction(height, width, SPEC)
+    small = full
+    if half[2] == 0.5:  # the graph's 2×2 box average, of the even rows and columns
+        small = full.crop((0, 0, width // 2 * 2, height // 2 * 2)).reduce(2)
+    if (small.height, small.width) != tuple(draft[2:]):
+        small = small.resize((int(draft[3]), int(draft[2])), Image.Resampling.BILINEAR)
+    sizes, starts, _ = geometry(height, width, SPEC)
+    resized = np.asarray(small.resize((int(sizes[3]), int(sizes[2])), Image.Resampling.BICUBIC))
     top, left = int(starts[0]), int(starts[1])
     return resized[top : top + 224, left : left + 224]
 
