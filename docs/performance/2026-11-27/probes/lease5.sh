@@ -5,7 +5,8 @@
 #   gputest   tests/gpu on this card
 #   decode    bench decode (with the `--gpu-processes 4` row)
 #   gpue2e    GPU-decode e2e, 4 replicas on GPU 0, 16000 events: default decode pools, then
-#             2 decode processes per replica (WORKERS=2)
+#             2 decode processes per replica (WORKERS=2); SWITCH=0.0002 gives every Python
+#             process of the run that GIL switch interval (a sitecustomize), TAG names the JSON
 #   model     bench model at batch 256, three times in one call
 #   naive     CPU decoding (the default), 8 replicas on GPU 0, against the naive peer: the
 #             ratio and our half-load p99 from one run
@@ -33,13 +34,17 @@ decode)
   python3 -m moderator bench decode --seconds 3 --out "$OUT/decode.json" 2>&1 | grep -v "$noise" | tail -16
   ;;
 gpue2e)
+  if [ -n "${SWITCH:-}" ]; then  # every Python process of the run gets this GIL switch interval
+    mkdir -p /tmp/sw && echo "import sys; sys.setswitchinterval(${SWITCH})" > /tmp/sw/sitecustomize.py
+    export PYTHONPATH=/tmp/sw:$PYTHONPATH
+  fi
   for workers in default ${WORKERS:-}; do
     extra=()
     [ "$workers" = default ] || extra=(--service-env "MODERATOR_PIPELINE__DECODE_WORKERS=$workers")
     log "4 replicas on GPU 0, GPU decode on, decode processes per replica: $workers"
     python3 -m moderator bench e2e "${e2e[@]}" --service-env MODERATOR_PIPELINE__GPU_DECODE=on \
       "${extra[@]}" --events 16000 --replicas 4 --replica-devices 0 --peer none --timeout 90 \
-      --out "$OUT/e2e-r4-d0-gpudecode-w$workers.json" 2>&1 | grep -E "^ours " | head -3
+      --out "$OUT/e2e-r4-d0-gpudecode-w$workers${TAG:-}.json" 2>&1 | grep -E "^ours " | head -3
   done
   ;;
 model)
