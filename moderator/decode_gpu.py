@@ -64,7 +64,10 @@ _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
-_SAME_SIZE_BYTES: Final = 1 << 30  # the same-size graph's stacked copies: 2 × batch × image
+# The same-size graph's whole-batch copies: the stack and its transpose (uint8), then one in
+# float32 for the reduction: 6 bytes per pixel and channel of the batch.
+_SAME_SIZE_BYTES: Final = 2 << 30
+_SAME_SIZE_COPY_BYTES: Final = 6
 _current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
 
@@ -106,17 +109,22 @@ def _resize_node(source: str, sizes: str, out: str) -> Any:
 
 
 def _reduce_nodes(source: str, half: str, draft: str, out: str) -> list[Any]:
-    """The CPU path's JPEG draft, on decoded pixels: scales `half` (1, 1, 0.5, 0.5) by linear
-    interpolation without antialias, which at a scale of exactly 1/2 is a 2×2 box average
-    (an odd last row or column is dropped), then sizes `draft` by an antialiased linear
-    resize. Scales of 1 and the input's own size change nothing: a draft that does not
-    reduce that far."""
-    from onnx import helper
+    """The CPU path's JPEG draft, on decoded uint8 pixels: scales `half` (1, 1, 0.5, 0.5) by
+    linear interpolation without antialias, which at a scale of exactly 1/2 is a 2×2 box
+    average (an odd last row or column is dropped), then sizes `draft` by an antialiased
+    linear resize, then back to uint8, rounding half up as Pillow does. Scales of 1 and the
+    input's own size change nothing: a draft that does not reduce that far.
+
+    In float32: ONNX Runtime's CUDA provider (1.31) returns zeros or garbage for a linear
+    Resize of uint8 (probes/resize_cuda_check.py), while its CPU provider is right.
+    """
+    from onnx import TensorProto, helper
 
     return [
+        helper.make_node("Cast", [source], [f"{out}_float"], to=TensorProto.FLOAT),
         helper.make_node(
             "Resize",
-            [source, "", half],
+            [f"{out}_float", "", half],
             [f"{out}_half"],
             mode="linear",
             coordinate_transformation_mode="half_pixel",
@@ -124,11 +132,13 @@ def _reduce_nodes(source: str, half: str, draft: str, out: str) -> list[Any]:
         helper.make_node(
             "Resize",
             [f"{out}_half", "", "", draft],
-            [out],
+            [f"{out}_draft"],
             mode="linear",
             antialias=1,
             coordinate_transformation_mode="half_pixel",
         ),
+        helper.make_node("Add", [f"{out}_draft", "half_level"], [f"{out}_rounding"]),
+        helper.make_node("Cast", [f"{out}_rounding"], [out], to=TensorProto.UINT8),
     ]
 
 
@@ -143,6 +153,8 @@ def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, siz
         initializer=[
             helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
             helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
+            # Cast to uint8 truncates: adding half a level first rounds (values are >= 0).
+            helper.make_tensor("half_level", TensorProto.FLOAT, [], [0.5]),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -230,14 +242,14 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
 
 def takes_same_size_graph(count: int, bucket: int, shapes: Sequence[Sequence[int]]) -> bool:
     """Whether a batch goes through `resize_crop_same_size_model`: a full bucket of images of
-    one shape (a bucket's spare inputs would be full-size resizes for nothing) whose two
-    stacked copies fit in `_SAME_SIZE_BYTES` of GPU memory."""
+    one shape (a bucket's spare inputs would be full-size resizes for nothing) whose
+    whole-batch copies fit in `_SAME_SIZE_BYTES` of GPU memory."""
     if count < 2 or count != bucket or len(shapes) != count:
         return False
     first = tuple(int(d) for d in shapes[0])
     if any(tuple(int(d) for d in shape) != first for shape in shapes):
         return False
-    return 2 * count * int(np.prod(first)) <= _SAME_SIZE_BYTES
+    return _SAME_SIZE_COPY_BYTES * count * int(np.prod(first)) <= _SAME_SIZE_BYTES
 
 
 def geometry(

@@ -107,8 +107,8 @@ def test_resize_graph_matches_pillow_for_images_of_different_sizes_and_drafts() 
     assert out.dtype == np.uint8
     for got, rgb in zip(out, images, strict=True):
         diff = np.abs(got.astype(np.int16) - _pillow_reference(rgb, SPEC))
-        assert diff.mean() < 0.75, rgb.shape  # measured 0.53-0.54: uint8 between the steps
-        assert diff.max() <= 8, rgb.shape
+        assert diff.mean() < 0.5, rgb.shape  # measured 0.0-0.3: Pillow rounds between passes
+        assert diff.max() <= 6, rgb.shape
 
 
 def test_resize_graph_stays_near_the_cpu_paths_pixels_for_a_jpeg() -> None:
@@ -123,7 +123,7 @@ def test_resize_graph_stays_near_the_cpu_paths_pixels_for_a_jpeg() -> None:
         )
         (out,) = session.run(None, _feeds(0, rgb))
         diff = np.abs(out[0].astype(np.int16) - decode_image(data, SPEC))
-        assert diff.mean() < 1.0, (width, height)  # measured 0.44, 0.66, 0.56
+        assert diff.mean() < 1.0, (width, height)  # measured 0.27, 0.62, 0.47
 
 
 def test_same_size_graph_gives_the_mixed_graphs_pixels() -> None:
@@ -154,7 +154,8 @@ def test_only_full_buckets_of_one_modest_shape_take_the_same_size_graph() -> Non
     assert not takes_same_size_graph(5, 8, [photo] * 5)  # 3 spare full-size resizes
     assert not takes_same_size_graph(1, 1, [photo])
     assert not takes_same_size_graph(2, 2, [photo, (480, 640, 3)])
-    assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128)  # 9 GB stacked
+    assert takes_same_size_graph(128, 128, [photo] * 128)  # 1.8 GB in all
+    assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128)  # 28 GB
 
 
 def test_geometry_is_the_cpu_paths_resize_and_centre_crop() -> None:
