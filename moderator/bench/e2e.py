@@ -262,6 +262,7 @@ class _Collector:
         self.arrived: dict[str, float] = {}  # id → monotonic time we read it
         self.dead = 0
         self.timings: list[dict[str, float]] = []
+        self.timings_by_id: dict[str, dict[str, float]] = {}
         self.decisions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -294,6 +295,7 @@ class _Collector:
                         self.decisions[decision] = self.decisions.get(decision, 0) + 1
                         if isinstance(verdict.get("timings_ms"), dict):
                             self.timings.append(verdict["timings_ms"])
+                            self.timings_by_id[key] = verdict["timings_ms"]
 
     async def wait_for(self, count: int, deadline: float) -> bool:
         """True once `count` answers are in; False at the monotonic `deadline`."""
@@ -655,11 +657,12 @@ async def _half_phase(
     sent = dict(zip(produced.ids, produced.timestamps_ms, strict=True))
     begin = min(produced.timestamps_ms, default=0)
     skip_ms = 1000 * min(_WARMUP_MAX_S, _WARMUP_FRACTION * opts.duration)
-    latencies = [
-        float(collector.answered[i] - ts)
+    latency_by_id = {
+        i: float(collector.answered[i] - ts)
         for i, ts in sent.items()
         if i in collector.answered and ts >= begin + skip_ms
-    ]
+    }
+    latencies = list(latency_by_id.values())
     return _Phase(
         name,
         "half",
@@ -671,7 +674,26 @@ async def _half_phase(
         offered_rate=rate,
         input_rate=len(produced.ids) / produced.seconds if produced.seconds else None,
         latencies_ms=latencies,
+        extra=_slow_event_stages(latency_by_id, collector.timings_by_id),
     )
+
+
+def _slow_event_stages(
+    latency_by_id: dict[str, float], timings_by_id: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Where the slowest tenth of events spent their time, against all events: the median of
+    each verdict `timings_ms` stage, plus `outside`, the latency the service's own `total`
+    does not cover (waiting in the broker or the consumer before handling, and publishing).
+    Why: a half-load p99 says that some events are slow, not which stage holds them."""
+    timed = [(ms, timings_by_id[i]) for i, ms in latency_by_id.items() if i in timings_by_id]
+    if not timed:
+        return {}
+    with_outside = [(ms, t | {"outside": ms - t.get("total", 0.0)}) for ms, t in timed]
+    cut = float(np.percentile([ms for ms, _ in timed], 90))
+    return {
+        "stage_p50_ms": _stage_medians([t for _, t in with_outside]),
+        "slowest_tenth_stage_p50_ms": _stage_medians([t for ms, t in with_outside if ms >= cut]),
+    }
 
 
 def _stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
@@ -896,6 +918,13 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
         "max load: N preloaded events, clock from ready (group joined) to the N-th answer; "
         "half load: latency = verdict record timestamp - input record timestamp"
     )
+    if ours_half and ours_half.extra.get("slowest_tenth_stage_p50_ms"):
+        stages = ours_half.extra["slowest_tenth_stage_p50_ms"]
+        report.notes.append(
+            "ours at half load, the slowest tenth of events, median ms per stage ('outside' ="
+            " latency not covered by the service's total): "
+            + ", ".join(f"{name} {ms:g}" for name, ms in stages.items())
+        )
     if opts.replicas > 1:
         report.notes.append(
             "replicas: the clock starts when the first is ready; verdicts_s_all_ready counts "
@@ -993,7 +1022,8 @@ async def _phases(
         if p.load != "max" or (p.system == "naive" and not opts.peer_latency):
             continue
         half = await topics.group(f"half-{p.system}")
-        collector = _Collector(opts.broker, half["verdicts"], half["dlq"], parse=False)
+        # Ours' verdicts are parsed for their stage timings (`_slow_event_stages`).
+        collector = _Collector(opts.broker, half["verdicts"], half["dlq"], parse=p.system == "ours")
         group = f"bench-{p.system}-half-{uuid.uuid4().hex[:6]}"
         log = folder / f"{p.system}-half.log"
         if p.system == "ours":

@@ -35,5 +35,8 @@ async def test_bench_e2e_runs_tiny_against_the_broker(kafka_bootstrap: str) -> N
     assert half["answered"] == half["events"] > 0
     assert half["latency_samples"] > 0
     assert 0 < half["p50_ms"] <= half["p99_ms"]
+    # Where the slowest tenth of events waited, next to all of them.
+    assert {"total", "outside"} <= set(half["stage_p50_ms"])
+    assert {"total", "outside"} <= set(half["slowest_tenth_stage_p50_ms"])
     assert data["ours_half_load_p99_ms"] == half["p99_ms"]
     assert data["environment"]["versions"]["aiokafka"]

@@ -1,4 +1,5 @@
-"""Pieces of `bench e2e` that need no broker: the events it sends and its percentiles."""
+"""Pieces of `bench e2e` that need no broker: the events it sends, its percentiles, and the
+stage breakdown of slow events."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from moderator.bench.e2e import _Pool, percentile
+from moderator.bench.e2e import _Pool, _slow_event_stages, percentile
 from moderator.bench.images import bench_images
 from moderator.events import parse_event
 
@@ -43,3 +44,17 @@ def test_percentile() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile([float(v) for v in range(1, 101)], 50) == pytest.approx(50.5)
     assert percentile([float(v) for v in range(1, 101)], 99) == pytest.approx(99.01)
+
+
+def test_slow_events_stages_show_where_the_tail_waits() -> None:
+    # 20 events: 18 fast ones handled in 10 ms; 2 slow ones whose 1 s was spent queued for a
+    # batch, and 1 fast-handled event that waited 500 ms before the service saw it.
+    latency = {f"e{i}": 20.0 for i in range(17)} | {"late": 520.0, "s1": 1010.0, "s2": 1030.0}
+    timings = {f"e{i}": {"queue": 2.0, "total": 10.0} for i in range(17)}
+    timings |= {"late": {"queue": 2.0, "total": 10.0}}
+    timings |= {"s1": {"queue": 990.0, "total": 1000.0}, "s2": {"queue": 1010.0, "total": 1020.0}}
+    out = _slow_event_stages(latency, timings | {"unanswered": {"total": 1.0}})
+    assert out["stage_p50_ms"] == {"outside": 10.0, "queue": 2.0, "total": 10.0}
+    slow = out["slowest_tenth_stage_p50_ms"]  # the tenth at or over the 90th percentile
+    assert slow == {"outside": 10.0, "queue": 1000.0, "total": 1010.0}
+    assert _slow_event_stages(latency, {}) == {}  # the peer's verdicts carry no timings

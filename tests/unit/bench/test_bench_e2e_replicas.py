@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moderator.bench.cli import app
-from moderator.bench.e2e import E2EOptions, _batch_mean, _rate_since, _service_env
+from moderator.bench.e2e import E2EOptions, _batch_mean, _free_port, _rate_since, _service_env
 
 
 def test_mean_batch_is_weighted_over_replicas() -> None:
@@ -61,3 +61,11 @@ def test_rate_after_all_replicas_are_ready_counts_only_later_answers() -> None:
     assert _rate_since(arrived, 12.0, 14.5) == pytest.approx(5 / 2.5)
     assert _rate_since(arrived, 14.0, 14.5) is None  # under a second: no figure
     assert _rate_since(arrived, 12.0, None) is None  # the run did not complete
+
+
+def test_replica_ports_come_from_below_the_ephemeral_range() -> None:
+    # A port the kernel hands to client connections could be taken between check and bind.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {_free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports)
+    assert len(ports) > 1  # chosen at random, so replicas started together do not collide

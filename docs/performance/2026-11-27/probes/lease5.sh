@@ -10,11 +10,21 @@
 #   model     bench model at batch 256, three times in one call
 #   naive     CPU decoding (the default), 8 replicas on GPU 0, against the naive peer: the
 #             ratio and our half-load p99 from one run
+#   cpu4      CPU decoding, 4 replicas on GPU 0: alone, then against the naive peer
 # Carries before `setup`: as lease4.sh.
+# As run, on three machines of the 2×H200 kind (Intel Xeon, 32 cores), one after the other:
+#   A (commit 5c951b1: one __cuda_array_interface__ read per image): setup, gil, gputest,
+#     gpue2e, decode, model, naive (its first try lost a replica's port to a client
+#     connection; bench e2e now picks ports below the ephemeral range), then bench decode
+#     `--seconds 2 --gpu-processes 4` and `8` under an MPS control daemon
+#   B (89e8c87: the draft reduction in uint8): setup, gputest (4 failures), then
+#     resize_cuda_check.py, which found ORT's CUDA linear Resize of uint8 broken
+#   C (the reduction in float32): setup, gputest, decode, `TAG=-sw5ms gpue2e`,
+#     `SWITCH=0.0002 TAG=-sw02ms gpue2e`, cpu4
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gil|gputest|decode|gpue2e|model|naive}
+step=${1:?setup|gil|gputest|decode|gpue2e|model|naive|cpu4}
 probes=docs/performance/2026-11-27/probes
 noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
 log() { echo "== $(date +%T) $*"; }
@@ -58,5 +68,12 @@ naive)
   log "8 replicas on GPU 0, CPU decoding, vs the naive peer"
   python3 -m moderator bench e2e "${e2e[@]}" --events 16000 --replicas 8 --replica-devices 0 \
     --peer naive --no-peer-latency --timeout 90 --out "$OUT/e2e-r8-d0-cpudecode-naive.json" 2>&1 | tail -8
+  ;;
+cpu4)
+  python3 -m moderator bench e2e "${e2e[@]}" --events 16000 --replicas 4 --replica-devices 0 \
+    --peer none --timeout 90 --out "$OUT/e2e-r4-d0-cpudecode.json" 2>&1 | grep -E "^ours " | head -3
+  python3 -m moderator bench e2e "${e2e[@]}" --events 12000 --replicas 4 --replica-devices 0 \
+    --peer naive --no-peer-latency --timeout 60 --out "$OUT/e2e-r4-d0-cpudecode-naive.json" 2>&1 \
+    | grep -E "^ours |^naive|^ratio" | head -5
   ;;
 esac
