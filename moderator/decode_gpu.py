@@ -64,10 +64,12 @@ _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
-# The same-size graph's whole-batch copies: the stack and its transpose (uint8), then one in
-# float32 for the reduction: 6 bytes per pixel and channel of the batch.
+# The same-size graph's whole-batch copies, per pixel and channel of the batch: the stack and
+# its transpose (uint8), then float32 for the reduction; measured on the CPU provider ~5.2
+# bytes with a 1/2 reduction, ~9.2 without one (the float copies stay full size).
 _SAME_SIZE_BYTES: Final = 2 << 30
 _SAME_SIZE_COPY_BYTES: Final = 6
+_SAME_SIZE_COPY_BYTES_UNREDUCED: Final = 10
 _current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
 
@@ -166,10 +168,10 @@ def resize_crop_model(count: int, size: int) -> bytes:
     """An ONNX graph taking `count` decoded images, each (h_i, w_i, 3) uint8 of its own size,
     and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
 
-    Per image i: `image_i`, and five int64 inputs the host computes from the image's shape:
-    `half_i` / `draft_i` (`reduction`), `sizes_i` (1, 3, new_h, new_w), `starts_i` / `ends_i`
-    (crop window, rows and columns; `geometry`). One run resizes a whole batch of mixed sizes
-    with one Python call.
+    Per image i: `image_i`, and five small inputs the host computes from the image's shape:
+    `half_i` (float scales) / `draft_i` (`reduction`), `sizes_i` (1, 3, new_h, new_w),
+    `starts_i` / `ends_i` (crop window, rows and columns; `geometry`), all int64 but
+    `half_i`. One run resizes a whole batch of mixed sizes with one Python call.
     """
     from onnx import TensorProto, helper  # onnx is needed only to build; ORT runs the bytes
 
@@ -205,13 +207,14 @@ def resize_crop_model(count: int, size: int) -> bytes:
 
 def resize_crop_same_size_model(count: int, size: int) -> bytes:
     """`resize_crop_model` for `count` images of one shape (h, w, 3): one Resize and one Slice
-    over the stacked batch instead of one each per image, and one `sizes` (count, 3, new_h,
-    new_w), `half`, `draft`, `starts` and `ends` for all of them.
+    over the stacked batch instead of one each per image, and one `half`, `draft` (count, 3,
+    h, w), `sizes` (count, 3, new_h, new_w), `starts` and `ends` for all of them: `draft` and
+    `sizes` carry the batch size.
 
-    Why: per image, the mixed-size graph costs four bound inputs and four kernels; a batch of
-    same-size photos (a camera's, or a site's upload size) needs one input each and a few
-    kernels in all. Measured on an H200 for 128 1024×768 JPEGs: 20.3k img/s resized vs 19.3k
-    for the mixed graph, so the GPU's resize work, not the binding, bounds both.
+    Why: per image, the mixed-size graph costs six bound inputs and about nine kernels; a
+    batch of same-size photos (a camera's, or a site's upload size) needs one input each and
+    a few kernels in all. Measured on an H200 for 128 1024×768 JPEGs before the reduction
+    steps existed: 20.3k img/s resized vs 19.3k for the mixed graph.
     """
     from onnx import TensorProto, helper
 
@@ -240,7 +243,9 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
     return _model_bytes(f"resize_crop_same_size_{count}", nodes, inputs, count, size)
 
 
-def takes_same_size_graph(count: int, bucket: int, shapes: Sequence[Sequence[int]]) -> bool:
+def takes_same_size_graph(
+    count: int, bucket: int, shapes: Sequence[Sequence[int]], spec: PreprocessSpec
+) -> bool:
     """Whether a batch goes through `resize_crop_same_size_model`: a full bucket of images of
     one shape (a bucket's spare inputs would be full-size resizes for nothing) whose
     whole-batch copies fit in `_SAME_SIZE_BYTES` of GPU memory."""
@@ -249,7 +254,9 @@ def takes_same_size_graph(count: int, bucket: int, shapes: Sequence[Sequence[int
     first = tuple(int(d) for d in shapes[0])
     if any(tuple(int(d) for d in shape) != first for shape in shapes):
         return False
-    return _SAME_SIZE_COPY_BYTES * count * int(np.prod(first)) <= _SAME_SIZE_BYTES
+    half, _ = reduction(first[0], first[1], spec)
+    per_value = _SAME_SIZE_COPY_BYTES if half[2] < 1 else _SAME_SIZE_COPY_BYTES_UNREDUCED
+    return per_value * count * int(np.prod(first)) <= _SAME_SIZE_BYTES
 
 
 def geometry(
@@ -276,8 +283,9 @@ def reduction(height: int, width: int, spec: PreprocessSpec) -> tuple[np.ndarray
     if scale == 1:
         return np.ones(4, np.float32), np.array([1, 3, height, width], np.int64)
     half_h, half_w = height // 2, width // 2  # what Resize gives at a scale of 1/2
-    rest = scale // 2
-    draft = (-(-half_h // rest), -(-half_w // rest))
+    # Pillow's own draft size, ceil(side / scale); at 1/2 what halving gives (one row or
+    # column fewer for an odd side), the second step then idle.
+    draft = (half_h, half_w) if scale == 2 else (-(-height // scale), -(-width // scale))
     return np.array([1, 1, 0.5, 0.5], np.float32), np.array([1, 3, *draft], np.int64)
 
 
@@ -616,7 +624,7 @@ class GpuJpegDecoder:
         bucket = next(b for b in self._buckets if b >= count)
         shapes = [(image.height, image.width, 3) for image in images]
         s = self.spec.image_size
-        if self.same_size_resize and takes_same_size_graph(count, bucket, shapes):
+        if self.same_size_resize and takes_same_size_graph(count, bucket, shapes, self.spec):
             session = self._session(bucket, same_size=True)
             binding = session.io_binding()
             height, width = images[0].height, images[0].width

@@ -74,7 +74,9 @@ def test_photos_match_pillows_resize_then_crop(decoder: GpuJpegDecoder) -> None:
         diff = np.abs(got[row] - _reference(data))
         assert diff.mean() < 1.5, row  # the GPU's IDCT and chroma upsampling differ slightly
         cpu = np.abs(got[row] - decode_image(data, SPEC).astype(np.int16))
-        assert cpu.mean() < 4.0, row  # the CPU path decodes a DCT-scaled draft
+        # The CPU path decodes a DCT-scaled draft; the reduction keeps the GPU near it
+        # (0.29 levels on average in the fifth lease's bench).
+        assert cpu.mean() < 1.5, row
 
 
 def test_a_mixed_batch_keeps_each_item_in_its_row(decoder: GpuJpegDecoder) -> None:
@@ -110,6 +112,26 @@ def test_exif_orientation_is_applied(decoder: GpuJpegDecoder) -> None:
     got = decoder.to_host(decoder.fill([data]))[0].astype(np.int16)
     assert np.abs(got - _reference(data)).mean() < 2.0
     assert got[:100, :, 0].mean() > 200 > got[124:, :, 0].mean() + 150
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_orientation_with_a_reduction(decoder: GpuJpegDecoder, orientation: int) -> None:
+    """A rotated photo large enough for the 1/2 and 1/4 drafts: the reduction's sizes come
+    from the decoded (rotated) shape."""
+    for width, height in ((1280, 960), (1501, 1001)):
+        data = _jpeg(width, height, seed=width, exif=_orientation_exif(orientation))
+        got = decoder.to_host(decoder.fill([data]))[0].astype(np.int16)
+        assert np.abs(got - _reference(data)).mean() < 1.5, (width, orientation)
+        # The CPU path's draft of an odd side keeps a part pixel at its end, which rotation
+        # moves to the start: Pillow's same steps differ from it by 1.2-3.5 levels here.
+        cpu = np.abs(got - decode_image(data, SPEC).astype(np.int16))
+        assert cpu.mean() < 4.5, (width, orientation)
+
+
+def _orientation_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
 
 
 def test_embeddings_from_gpu_pixels_match_the_cpu_path() -> None:

@@ -72,7 +72,7 @@ def _feeds(i: int, rgb: np.ndarray) -> dict[str, np.ndarray]:
     return {f"{name}_{i}": value for name, value in values.items()}
 
 
-def test_reduction_is_the_cpu_paths_jpeg_draft_size() -> None:
+def test_reduction_is_about_the_cpu_paths_jpeg_draft_size() -> None:
     # 1024×768 resizes to 298×224: Pillow's draft decodes it at 1/2, 512×384.
     half, draft = reduction(768, 1024, SPEC)
     assert half.tolist() == [1, 1, 0.5, 0.5]
@@ -80,8 +80,10 @@ def test_reduction_is_the_cpu_paths_jpeg_draft_size() -> None:
     half, draft = reduction(3000, 4000, SPEC)  # 1/8: halving once, then a quarter
     assert half.tolist() == [1, 1, 0.5, 0.5]
     assert draft.tolist() == [1, 3, 375, 500]
-    _, draft = reduction(1001, 1501, SPEC)  # 1/4: halving drops the odd row and column
-    assert draft.tolist() == [1, 3, 250, 375]
+    _, draft = reduction(1001, 1501, SPEC)  # 1/4: Pillow's draft size, rounded up
+    assert draft.tolist() == [1, 3, 251, 376]
+    _, draft = reduction(769, 1025, SPEC)  # 1/2: halving drops the odd row and column
+    assert draft.tolist() == [1, 3, 384, 512]
     half, draft = reduction(400, 500, SPEC)  # under twice the target: no draft
     assert half.tolist() == [1, 1, 1, 1]
     assert draft.tolist() == [1, 3, 400, 500]
@@ -150,12 +152,16 @@ def test_same_size_graph_gives_the_mixed_graphs_pixels() -> None:
 
 def test_only_full_buckets_of_one_modest_shape_take_the_same_size_graph() -> None:
     photo = (768, 1024, 3)
-    assert takes_same_size_graph(8, 8, [photo] * 8)
-    assert not takes_same_size_graph(5, 8, [photo] * 5)  # 3 spare full-size resizes
-    assert not takes_same_size_graph(1, 1, [photo])
-    assert not takes_same_size_graph(2, 2, [photo, (480, 640, 3)])
-    assert takes_same_size_graph(128, 128, [photo] * 128)  # 1.8 GB in all
-    assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128)  # 28 GB
+    assert takes_same_size_graph(8, 8, [photo] * 8, SPEC)
+    assert not takes_same_size_graph(5, 8, [photo] * 5, SPEC)  # 3 spare full-size resizes
+    assert not takes_same_size_graph(1, 1, [photo], SPEC)
+    assert not takes_same_size_graph(2, 2, [photo, (480, 640, 3)], SPEC)
+    assert takes_same_size_graph(128, 128, [photo] * 128, SPEC)  # 1.8 GB in all
+    assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128, SPEC)  # 28 GB
+    # Without a reduction the float copies stay full size: 10 bytes a value, not 6.
+    wide = (300, 2000, 3)  # under twice the target on the short side: no draft
+    assert takes_same_size_graph(64, 64, [wide] * 64, SPEC)  # 1.1 GB
+    assert not takes_same_size_graph(128, 128, [wide] * 128, SPEC)  # 2.3 GB (1.4 at 6 bytes)
 
 
 def test_geometry_is_the_cpu_paths_resize_and_centre_crop() -> None:
