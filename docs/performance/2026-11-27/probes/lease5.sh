@@ -58,11 +58,7 @@ gpue2e)
   done
   ;;
 model)
-  for k in 1 2 3; do
-    log "bench model, batch 256, run $k"
-    python3 -m moderator bench model --model b32 --precision fp16 --batch 256 \
-      --pixels device --seconds 4 --out "$OUT/model-b32-device-256-$k.json" 2>&1 | tail -3
-  done
+  bash $probes/lease4.sh model
   ;;
 naive)
   log "8 replicas on GPU 0, CPU decoding, vs the naive peer"
