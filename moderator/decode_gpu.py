@@ -95,6 +95,13 @@ def gpu_eligible(data: bytes, spec: PreprocessSpec) -> bool:
         return False
 
 
+def _blank_jpeg(size: int) -> bytes:
+    """A grey size×size JPEG: the decode stage's warm-up input."""
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(out, "JPEG")
+    return out.getvalue()
+
+
 def _resize_node(source: str, sizes: str, out: str) -> Any:
     """Pillow's BICUBIC as ONNX Resize-18: cubic, a = -0.5, antialias when shrinking."""
     from onnx import helper
@@ -598,6 +605,33 @@ class GpuJpegDecoder:
         """Both stages and the model in this thread (see `embed_decoded`)."""
         return self.embed_decoded(self.decode(items), encode)
 
+    # --- warm-up: each stage once, in the thread that will run it --------------------------
+
+    def warm_up_decode(self) -> None:
+        """A full batch of small JPEGs through nvImageCodec, as the decode stage's thread."""
+        blank = _blank_jpeg(self.spec.image_size)
+        decoded = self.decode([blank] * self.max_batch)
+        if decoded.failures:
+            raise ModelError(f"GPU decoder refused its warm-up JPEG: {decoded.failures[0]}")
+
+    def warm_up_place(self, encode: Callable[[DeviceBatch], Embeddings] | None = None) -> None:
+        """Every resize graph once, and `encode` (the model) once per bucket size, as the
+        place stage's thread. Why: ONNX Runtime sets a CUDA session up per thread on its
+        first run there, and a batch size's first resize or model run costs more than the
+        next; at half load those first runs came one by one as batch sizes turned up."""
+        s = self.spec.image_size
+        with self._place_lock:
+            self._on_device()
+            base = self._buffer.data_ptr()
+            filler = _Image(None, s, s, self._filler.data_ptr())
+            for bucket in self._buckets:
+                self._resize_each([filler], bucket, base)
+                if bucket > 1:
+                    self._resize_same_size([filler] * bucket, base)
+                self._cuda.synchronize(self._place_stream)
+                if encode is not None:
+                    encode(DeviceBatch(base, bucket, s, list(range(bucket)), {}))
+
     def _decode(self, data: Sequence[bytes]) -> list[tuple[_Image | None, str | None]]:
         """nvImageCodec over the batch: (image, None) or (None, why) per item."""
         try:
@@ -623,43 +657,57 @@ class GpuJpegDecoder:
         count = len(images)
         bucket = next(b for b in self._buckets if b >= count)
         shapes = [(image.height, image.width, 3) for image in images]
-        s = self.spec.image_size
         if self.same_size_resize and takes_same_size_graph(count, bucket, shapes, self.spec):
-            session = self._session(bucket, same_size=True)
-            binding = session.io_binding()
-            height, width = images[0].height, images[0].width
-            shape = [height, width, 3]
-            for i, image in enumerate(images):  # a full bucket: no spare inputs
-                binding.bind_input(
-                    f"image_{i}", "cuda", self.device_id, np.uint8, shape, image.pointer
-                )
-            sizes, starts, ends = geometry(height, width, self.spec)
-            half, draft = reduction(height, width, self.spec)
-            sizes[0] = draft[0] = bucket
-            binding.bind_cpu_input("half", half)
-            binding.bind_cpu_input("draft", draft)
-            binding.bind_cpu_input("sizes", sizes)
-            binding.bind_cpu_input("starts", starts)
-            binding.bind_cpu_input("ends", ends)
+            self._resize_same_size(images, base)
         else:
-            session = self._session(bucket, same_size=False)
-            binding = session.io_binding()
-            for i in range(bucket):
-                if i < count:
-                    height, width, pointer = images[i].height, images[i].width, images[i].pointer
-                    half, draft = reduction(height, width, self.spec)
-                    sizes, starts, ends = geometry(height, width, self.spec)
-                else:
-                    height = width = s
-                    pointer = self._filler.data_ptr()
-                    half, draft, sizes, starts, ends = self._filler_geometry
-                binding.bind_input(
-                    f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
-                )
-                binding.bind_cpu_input(f"half_{i}", half)
-                binding.bind_cpu_input(f"draft_{i}", draft)
-                binding.bind_cpu_input(f"sizes_{i}", sizes)
-                binding.bind_cpu_input(f"starts_{i}", starts)
-                binding.bind_cpu_input(f"ends_{i}", ends)
+            self._resize_each(images, bucket, base)
+
+    def _resize_same_size(self, images: Sequence[_Image], base: int) -> None:
+        """A full bucket of images of one shape through the same-size graph."""
+        bucket = len(images)
+        session = self._session(bucket, same_size=True)
+        binding = session.io_binding()
+        height, width = images[0].height, images[0].width
+        shape = [height, width, 3]
+        for i, image in enumerate(images):  # a full bucket: no spare inputs
+            binding.bind_input(f"image_{i}", "cuda", self.device_id, np.uint8, shape, image.pointer)
+        sizes, starts, ends = geometry(height, width, self.spec)
+        half, draft = reduction(height, width, self.spec)
+        sizes[0] = draft[0] = bucket
+        binding.bind_cpu_input("half", half)
+        binding.bind_cpu_input("draft", draft)
+        binding.bind_cpu_input("sizes", sizes)
+        binding.bind_cpu_input("starts", starts)
+        binding.bind_cpu_input("ends", ends)
+        self._run_into(session, binding, bucket, base)
+
+    def _resize_each(self, images: Sequence[_Image], bucket: int, base: int) -> None:
+        """Up to `bucket` images of any shapes through the per-image graph; the filler takes
+        the spare inputs."""
+        count = len(images)
+        session = self._session(bucket, same_size=False)
+        binding = session.io_binding()
+        s = self.spec.image_size
+        for i in range(bucket):
+            if i < count:
+                height, width, pointer = images[i].height, images[i].width, images[i].pointer
+                half, draft = reduction(height, width, self.spec)
+                sizes, starts, ends = geometry(height, width, self.spec)
+            else:
+                height = width = s
+                pointer = self._filler.data_ptr()
+                half, draft, sizes, starts, ends = self._filler_geometry
+            binding.bind_input(
+                f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+            )
+            binding.bind_cpu_input(f"half_{i}", half)
+            binding.bind_cpu_input(f"draft_{i}", draft)
+            binding.bind_cpu_input(f"sizes_{i}", sizes)
+            binding.bind_cpu_input(f"starts_{i}", starts)
+            binding.bind_cpu_input(f"ends_{i}", ends)
+        self._run_into(session, binding, bucket, base)
+
+    def _run_into(self, session: Any, binding: Any, bucket: int, base: int) -> None:
+        s = self.spec.image_size
         binding.bind_output("pixels", "cuda", self.device_id, np.uint8, [bucket, s, s, 3], base)
         session.run_with_iobinding(binding)

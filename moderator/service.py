@@ -193,6 +193,8 @@ class Service:
             DeviceInfer(
                 decode=decoder.decode,
                 finish=partial(decoder.embed_decoded, encode=runtime.encode_device_pixels),
+                warm_decode=decoder.warm_up_decode,
+                warm_finish=partial(decoder.warm_up_place, encode=runtime.encode_device_pixels),
             )
             for decoder, runtime in zip(self._gpu_decoders, self._runtimes, strict=False)
         ]  # one per runtime, or none at all
@@ -204,6 +206,13 @@ class Service:
             on_batch=self._batch_done,
         )
         self._batcher.start()
+        if self._gpu_decoders:
+            t = time.monotonic()
+            await self._batcher.warm_up()
+            log.info(
+                "GPU decoders warmed up",
+                extra={"fields": {"seconds": round(time.monotonic() - t, 2)}},
+            )
         topics = [s.kafka.input_topic, s.kafka.verdict_topic, s.kafka.dlq_topic]
         if s.kafka.embeddings_topic:
             topics.append(s.kafka.embeddings_topic)

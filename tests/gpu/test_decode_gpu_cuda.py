@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from moderator.bench.images import bench_images
 from moderator.decode import PreprocessSpec, decode_image
-from moderator.decode_gpu import GpuJpegDecoder, geometry, reduction
+from moderator.decode_gpu import DeviceBatch, GpuJpegDecoder, geometry, reduction
 from moderator.embed.providers import cuda_device_count
 
 
@@ -176,3 +176,21 @@ def test_same_size_batches_take_the_one_resize_and_match_the_mixed_graph(
     np.testing.assert_array_equal(got[:8], want[:8])
     for row, data in enumerate(jpegs):
         assert np.abs(got[row].astype(np.int16) - _reference(data)).mean() < 1.5
+
+
+def test_warm_up_runs_every_graph_and_model_size_and_leaves_decoding_intact(
+    decoder: GpuJpegDecoder,
+) -> None:
+    sizes: list[int] = []
+
+    def encode(batch: DeviceBatch) -> np.ndarray:
+        sizes.append(batch.count)
+        return np.zeros((batch.count, 1), np.float32)
+
+    decoder.warm_up_decode()
+    decoder.warm_up_place(encode)
+    assert sizes == [1, 2, 4, 8, 16]  # each bucket of max_batch 16
+    jpegs = [_jpeg(640, 480, 31), _jpeg(300, 500, 32)]
+    got = decoder.to_host(decoder.fill(jpegs)).astype(np.int16)
+    for row, data in enumerate(jpegs):
+        assert np.abs(got[row] - _reference(data)).mean() < 1.5

@@ -171,3 +171,48 @@ async def test_the_next_batch_decodes_while_the_previous_one_finishes() -> None:
     # Batch 3 is decoded only after batch 1 finished: two batches in hand at most.
     assert order.index("finish b'1'") < order.index("decode b'3'")
     assert order.index("decode b'2'") < order.index("finish b'1'")
+
+
+async def test_warm_up_runs_each_stage_once_in_the_thread_that_runs_it() -> None:
+    threads: dict[str, str] = {}
+
+    def decode(items: list[np.ndarray | bytes]) -> list[np.ndarray | bytes]:
+        threads["decode"] = threading.current_thread().name
+        return items
+
+    def finish(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+        threads["finish"] = threading.current_thread().name
+        return np.ones((len(items), 1), np.float32), {}
+
+    def warm(stage: str):  # type: ignore[no-untyped-def]
+        return lambda: threads.__setitem__(f"warm {stage}", threading.current_thread().name)
+
+    batcher = Batcher(
+        [_infer_recording([])],
+        device_infers=[
+            DeviceInfer(decode, finish, warm_decode=warm("decode"), warm_finish=warm("finish"))
+        ],
+        max_batch=1,
+        max_wait_s=0.0,
+    )
+    batcher.start()
+    try:
+        await batcher.warm_up()
+        assert set(threads) == {"warm decode", "warm finish"}  # no batch ran
+        await asyncio.wait_for(batcher.embed_encoded(b"1"), timeout=3.0)
+    finally:
+        await batcher.stop()
+    assert threads["warm decode"] == threads["decode"]
+    assert threads["warm finish"] == threads["finish"]
+    assert threads["decode"] != threads["finish"]
+
+
+async def test_warm_up_without_a_gpu_decoder_does_nothing() -> None:
+    sizes: list[int] = []
+    batcher = Batcher([_infer_recording(sizes)], max_batch=2, max_wait_s=0.0)
+    batcher.start()
+    try:
+        await batcher.warm_up()
+    finally:
+        await batcher.stop()
+    assert sizes == []

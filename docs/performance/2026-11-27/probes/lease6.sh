@@ -6,12 +6,15 @@
 #             one thread / decode only / resize only
 #   gpue2e    GPU decoding, 4 replicas on GPU 0, 16000 events: the rate, then at half load
 #             which stage holds the slowest tenth of events (bench e2e's note line)
+#   warm      warm_probe.py: what the GPU decoder's first runs cost, per thread
 #   gpu2      GPU decoding, 4 replicas on GPU 0, then 8 spread over GPUs 0 and 1, same call
-# Carries before `setup`: as lease4.sh.
+# Carries before `setup`, one call each (a call carries 64 MiB at most), each copied to
+# /root/w: the five onnxruntime-gpu parts (the fifth with .device/small and .device/tools),
+# .device/nv, .device/java/jre.tar.xz, then .device/java/kafka.tar with `setup` itself.
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gputest|modes|gpue2e|gpu2}
+step=${1:?setup|gputest|modes|gpue2e|warm|gpu2}
 probes=docs/performance/2026-11-27/probes
 noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
 log() { echo "== $(date +%T) $*"; }
@@ -26,6 +29,7 @@ case $step in
 setup | gputest) bash $probes/lease5.sh "$step" ;;
 modes) python3 $probes/decode_modes_probe.py 2>&1 | grep -v "$noise" | tail -10 ;;
 gpue2e) gpu_e2e 4 0 r4-d0-gpudecode${TAG:-} ;;
+warm) python3 $probes/warm_probe.py 2>&1 | grep -v "$noise" | tail -3 ;;
 gpu2)
   gpu_e2e 4 0 r4-d0-gpudecode-pair
   gpu_e2e 8 0,1 r8-d01-gpudecode-pair
