@@ -7,6 +7,7 @@
 #   gpue2e    GPU decoding, 4 replicas on GPU 0, 16000 events: the rate, then at half load
 #             which stage holds the slowest tenth of events (bench e2e's note line)
 #   warm      warm_probe.py: what the GPU decoder's first runs cost, per thread
+#   profile   resize_profile.py: the resize graph's GPU time by kernel
 #   gpu2      GPU decoding, 4 replicas on GPU 0, then 8 spread over GPUs 0 and 1, same call
 # Carries before `setup`, one call each (a call carries 64 MiB at most), each copied to
 # /root/w: the five onnxruntime-gpu parts (the fifth with .device/small and .device/tools),
@@ -14,7 +15,7 @@
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gputest|modes|gpue2e|warm|gpu2}
+step=${1:?setup|gputest|modes|gpue2e|warm|profile|gpu2}
 probes=docs/performance/2026-11-27/probes
 noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
 log() { echo "== $(date +%T) $*"; }
@@ -30,6 +31,7 @@ setup | gputest) bash $probes/lease5.sh "$step" ;;
 modes) python3 $probes/decode_modes_probe.py 2>&1 | grep -v "$noise" | tail -10 ;;
 gpue2e) gpu_e2e 4 0 r4-d0-gpudecode${TAG:-} ;;
 warm) python3 $probes/warm_probe.py 2>&1 | grep -v "$noise" | tail -3 ;;
+profile) python3 $probes/resize_profile.py 2>&1 | grep -v "$noise" | tail -4 ;;
 gpu2)
   gpu_e2e 4 0 r4-d0-gpudecode-pair
   gpu_e2e 8 0,1 r8-d01-gpudecode-pair
