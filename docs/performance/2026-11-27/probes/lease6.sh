@@ -12,6 +12,14 @@
 # Carries before `setup`, one call each (a call carries 64 MiB at most), each copied to
 # /root/w: the five onnxruntime-gpu parts (the fifth with .device/small and .device/tools),
 # .device/nv, .device/java/jre.tar.xz, then .device/java/kafka.tar with `setup` itself.
+# As run, on four machines of the 2×H200 kind (Intel Xeon, 32 cores), one after the other:
+#   A (commit 5b481d5): setup, gputest (the fifth lease's review fixes: 22 passed), modes,
+#     gpue2e (→ -nowarm.json); the machine went back while idle
+#   B (e01eb3b + probes: warm-up in the stage threads): setup, gputest, warm, profile, gpue2e
+#     (→ -warm.json), gpu2 (→ -pair.json)
+#   C: resize_variants.py alone (onnxruntime-gpu and nvImageCodec only, no broker)
+#   D (Split and Concat to planar): setup, gputest, profile, modes, lease5.sh decode, gpue2e
+#     (→ -split.json), modes again
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
