@@ -40,17 +40,10 @@ are meaningless)."""
 @dataclass(frozen=True, slots=True)
 class DeviceInfer:
     """A GPU's two stages for batches of pixels and JPEG bytes: `decode` (the JPEGs), then
-    `finish` (resize, the model) on what `decode` returned. Each runs in its own thread.
-
-    `warm_decode` and `warm_finish`, when given, run once in those same threads before the
-    first batch (`Batcher.warm_up`): ONNX Runtime's CUDA provider sets a session up per
-    thread on its first run there, which must not land on an event.
-    """
+    `finish` (resize, the model) on what `decode` returned. Each runs in its own thread."""
 
     decode: Callable[[list[Item]], Any]
     finish: Callable[[Any], Outcome]
-    warm_decode: Callable[[], None] | None = None
-    warm_finish: Callable[[], None] | None = None
 
 
 class NotDecoded(Exception):
@@ -98,38 +91,15 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: list[ThreadPoolExecutor] = []
-        # Per worker: the inference (or finish) stage's thread, and the decode stage's.
-        self._threads: list[tuple[ThreadPoolExecutor, ThreadPoolExecutor | None]] = []
 
     def start(self) -> None:
         for index, (infer, device) in enumerate(
             zip(self._infers, self._device_infers, strict=True)
         ):
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{index}")
-            decoding = None
-            if device is not None:
-                decoding = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=f"gpu-decode-{index}"
-                )
-                self._pools.append(decoding)
             self._pools.append(pool)
-            self._threads.append((pool, decoding))
-            task = asyncio.create_task(
-                self._work(infer, device, pool, decoding), name=f"batch-{index}"
-            )
+            task = asyncio.create_task(self._work(infer, device, pool), name=f"batch-{index}")
             self._tasks.append(task)
-
-    async def warm_up(self) -> None:
-        """Each device's `warm_decode` and `warm_finish`, in the threads that run its stages;
-        call after `start`, before the first item."""
-        loop = asyncio.get_running_loop()
-        for device, (pool, decoding) in zip(self._device_infers, self._threads, strict=True):
-            if device is None:
-                continue
-            if device.warm_decode is not None and decoding is not None:
-                await loop.run_in_executor(decoding, device.warm_decode)
-            if device.warm_finish is not None:
-                await loop.run_in_executor(pool, device.warm_finish)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -139,7 +109,6 @@ class Batcher:
             pool.shutdown(wait=True)
         self._tasks.clear()
         self._pools.clear()
-        self._threads.clear()
 
     @property
     def queued(self) -> int:
@@ -192,13 +161,13 @@ class Batcher:
         return out, failed
 
     async def _work(
-        self,
-        infer: Infer,
-        device: DeviceInfer | None,
-        pool: ThreadPoolExecutor,
-        decoding: ThreadPoolExecutor | None,  # the decode stage's thread, with a GPU decoder
+        self, infer: Infer, device: DeviceInfer | None, pool: ThreadPoolExecutor
     ) -> None:
         loop = asyncio.get_running_loop()
+        decoding = None  # the decode stage's thread, for a worker with a GPU decoder
+        if device is not None:
+            decoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-decode")
+            self._pools.append(decoding)
         finishing: asyncio.Task[None] | None = None  # the previous batch's second stage
         try:
             while True:

@@ -632,32 +632,38 @@ class GpuJpegDecoder:
         """Both stages and the model in this thread (see `embed_decoded`)."""
         return self.embed_decoded(self.decode(items), encode)
 
-    # --- warm-up: each stage once, in the thread that will run it --------------------------
+    # --- warm-up ------------------------------------------------------------------------
 
-    def warm_up_decode(self) -> None:
-        """A full batch of small JPEGs through nvImageCodec, as the decode stage's thread."""
-        blank = _blank_jpeg(self.spec.image_size)
-        decoded = self.decode([blank] * self.max_batch)
-        if decoded.failures:
-            raise ModelError(f"GPU decoder refused its warm-up JPEG: {decoded.failures[0]}")
+    def warm_up(self, encode: Callable[[DeviceBatch], Embeddings] | None = None) -> None:
+        """Each stage's first runs now, not on the first events: nvImageCodec over a full batch
+        of small JPEGs, every resize graph, and `encode` (the model) once per bucket size.
 
-    def warm_up_place(self, encode: Callable[[DeviceBatch], Embeddings] | None = None) -> None:
-        """Every resize graph once, and `encode` (the model) once per bucket size, as the
-        place stage's thread. Why: ONNX Runtime sets a CUDA session up per thread on its
-        first run there, and a batch size's first resize or model run costs more than the
-        next; at half load those first runs came one by one as batch sizes turned up."""
+        Why: first runs cost far more than the next (H200, probes/warm_probe.py: a decoder's
+        first batch 0.71 s, the graphs' first runs 0.12 s; then 3 ms and 15–19 ms, in the same
+        thread or another). A fresh replica met them one by one as batch sizes turned up, and
+        events waited behind them: the half-load p99 was 2.1 s without this, 0.63–0.83 s with
+        it. Raises `ModelError` if a stage fails.
+        """
         s = self.spec.image_size
-        with self._place_lock:
-            self._on_device()
-            base = self._buffer.data_ptr()
-            filler = _Image(None, s, s, self._filler.data_ptr())
-            for bucket in self._buckets:
-                self._resize_each([filler], bucket, base)
-                if bucket > 1:
-                    self._resize_same_size([filler] * bucket, base)
-                self._cuda.synchronize(self._place_stream)
-                if encode is not None:
-                    encode(DeviceBatch(base, bucket, s, list(range(bucket)), {}))
+        try:
+            decoded = self.decode([_blank_jpeg(s)] * self.max_batch)
+            if decoded.failures:
+                raise ModelError(
+                    f"it refused a plain JPEG: {next(iter(decoded.failures.values()))}"
+                )
+            with self._place_lock:
+                self._on_device()
+                base = self._buffer.data_ptr()
+                filler = _Image(None, s, s, self._filler.data_ptr())
+                for bucket in self._buckets:
+                    self._resize_each([filler], bucket, base)
+                    if bucket > 1:
+                        self._resize_same_size([filler] * bucket, base)
+                    self._cuda.synchronize(self._place_stream)
+                    if encode is not None:
+                        encode(DeviceBatch(base, bucket, s, list(range(bucket)), {}))
+        except Exception as exc:  # nvImageCodec, CUDA and ORT raise their own types
+            raise ModelError(f"the GPU JPEG decoder failed its warm-up: {exc}") from exc
 
     def _decode(self, data: Sequence[bytes]) -> list[tuple[_Image | None, str | None]]:
         """nvImageCodec over the batch: (image, None) or (None, why) per item."""

@@ -188,13 +188,12 @@ class Service:
             max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
         )
         self._fetcher = Fetcher(FetchPolicy.from_settings(s.pipeline))
-        self._open_gpu_decoders()
+        # Off the loop: building and warming a decoder takes about a second.
+        await asyncio.to_thread(self._open_gpu_decoders)
         device_infers: list[DeviceInfer | None] = [
             DeviceInfer(
                 decode=decoder.decode,
                 finish=partial(decoder.embed_decoded, encode=runtime.encode_device_pixels),
-                warm_decode=decoder.warm_up_decode,
-                warm_finish=partial(decoder.warm_up_place, encode=runtime.encode_device_pixels),
             )
             for decoder, runtime in zip(self._gpu_decoders, self._runtimes, strict=False)
         ]  # one per runtime, or none at all
@@ -206,13 +205,6 @@ class Service:
             on_batch=self._batch_done,
         )
         self._batcher.start()
-        if self._gpu_decoders:
-            t = time.monotonic()
-            await self._batcher.warm_up()
-            log.info(
-                "GPU decoders warmed up",
-                extra={"fields": {"seconds": round(time.monotonic() - t, 2)}},
-            )
         topics = [s.kafka.input_topic, s.kafka.verdict_topic, s.kafka.dlq_topic]
         if s.kafka.embeddings_topic:
             topics.append(s.kafka.embeddings_topic)
@@ -240,23 +232,25 @@ class Service:
         )
 
     def _open_gpu_decoders(self) -> None:
-        """One GPU JPEG decoder per runtime, as `pipeline.gpu_decode` asks: "auto" goes on
-        without them (CPU decoding) and says why at INFO; "on" refuses to start."""
+        """One GPU JPEG decoder per runtime, built and warmed up (`GpuJpegDecoder.warm_up`), as
+        `pipeline.gpu_decode` asks: "auto" goes on without them (CPU decoding) and says why at
+        INFO; "on" refuses to start."""
         assert self._spec is not None
         mode = self.settings.pipeline.gpu_decode
         if mode == "off":
             return
+        started = time.monotonic()
         try:
             if any(rt.provider == "cpu" for rt in self._runtimes):
                 raise ConfigError("the model runs on the CPU")
             for runtime in self._runtimes:
-                self._gpu_decoders.append(
-                    GpuJpegDecoder(
-                        self._spec,
-                        device_id=int(runtime.info()["device_id"]),
-                        max_batch=self.settings.pipeline.max_batch,
-                    )
+                decoder = GpuJpegDecoder(
+                    self._spec,
+                    device_id=int(runtime.info()["device_id"]),
+                    max_batch=self.settings.pipeline.max_batch,
                 )
+                self._gpu_decoders.append(decoder)
+                decoder.warm_up(runtime.encode_device_pixels)
         except ModeratorError as exc:
             for decoder in self._gpu_decoders:
                 decoder.close()
@@ -265,7 +259,8 @@ class Service:
                 raise ConfigError(f"pipeline.gpu_decode is on, but: {exc}") from exc
             log.info("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
             return
-        log.info("JPEGs decode on the GPU", extra={"fields": {"gpus": len(self._gpu_decoders)}})
+        fields = {"gpus": len(self._gpu_decoders), "ready_s": round(time.monotonic() - started, 2)}
+        log.info("JPEGs decode on the GPU", extra={"fields": fields})
 
     async def _load_models(self) -> None:
         s = self.settings.model

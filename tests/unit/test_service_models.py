@@ -84,3 +84,37 @@ def test_gpu_decode_auto_falls_back_when_the_decoder_cannot_start(
     assert auto._gpu_decoders == []
     with pytest.raises(ConfigError, match="needs nvImageCodec"):
         _service_on([_Runtime()], "on")._open_gpu_decoders()
+
+
+def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moderator.errors import ConfigError, ModelError
+
+    class _Runtime(_GpuRuntime):
+        def info(self) -> dict[str, Any]:
+            return {"device_id": 0}
+
+        def encode_device_pixels(self, pixels: Any) -> Any:  # handed to the warm-up
+            return None
+
+    closed: list[bool] = []
+
+    class _Decoder:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def warm_up(self, encode: Any) -> None:
+            raise ModelError("the GPU JPEG decoder failed its warm-up: no engine")
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(service_module, "GpuJpegDecoder", _Decoder)
+    auto = _service_on([_Runtime()], "auto")
+    auto._open_gpu_decoders()
+    assert auto._gpu_decoders == []
+    assert closed == [True]
+    with pytest.raises(ConfigError, match="failed its warm-up: no engine"):
+        _service_on([_Runtime()], "on")._open_gpu_decoders()
+    assert closed == [True, True]

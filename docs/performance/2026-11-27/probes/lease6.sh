@@ -20,6 +20,11 @@
 #   C: resize_variants.py alone (onnxruntime-gpu and nvImageCodec only, no broker)
 #   D (Split and Concat to planar): setup, gputest, profile, modes, lease5.sh decode, gpue2e
 #     (→ -split.json), modes again
+#   E: started for `SWITCH=0.0002 lease5.sh gpue2e` with the warm-up (the fifth lease's switch-
+#     interval run was confounded by first runs), but the start took ~2 min of device time and
+#     the rest did not fit in what was left; nothing ran
+# Since: the warm-up runs once where serve opens its decoders (GpuJpegDecoder.warm_up), not in
+# the batch worker's stage threads as at B and D.
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH

@@ -1,5 +1,8 @@
 """Probe (sixth lease): what a GPU decoder's first runs cost, per stage and per thread.
 
+As run (commit e01eb3b) the decoder had `warm_up_decode` and `warm_up_place`; both are now
+the one `GpuJpegDecoder.warm_up`, so this runs against that commit only.
+
 Builds `GpuJpegDecoder` (max_batch 64, every resize session created, none run), then times
 its warm-up calls in one thread, again in that thread, then in another thread. If the first
 pass costs seconds and the second milliseconds, the half-load tail with GPU decoding was
