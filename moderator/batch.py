@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from moderator.types import Embeddings, Pixels
 
 log = get("batch")
 
+T = TypeVar("T")
 Infer = Callable[[Pixels], Embeddings]
 Item = Pixels | bytes
 Outcome = tuple[Embeddings, dict[int, str]]
@@ -78,6 +79,7 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         on_batch: Callable[[int, float, float], None] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         if not infers:
             raise ValueError("at least one inference callable is needed")
@@ -88,6 +90,10 @@ class Batcher:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._on_batch = on_batch or (lambda size, queued, seconds: None)
+        # A GPU worker's batches, stage by stage: "gpu_decode" (the decode stage's call),
+        # "gpu_wait" (for the previous batch's second stage), "gpu_finish" (resize, model).
+        # Called from the stage threads too: it must be thread-safe (Prometheus metrics are).
+        self._on_stage = on_stage or (lambda stage, seconds: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: list[ThreadPoolExecutor] = []
@@ -187,17 +193,31 @@ class Batcher:
                     await self._complete(batch, started, self._host_only(infer, items, pool))
                     continue
                 try:  # overlaps the previous batch's second stage
-                    decoded = await loop.run_in_executor(decoding, device.decode, items)
+                    decoded = await loop.run_in_executor(
+                        decoding, self._clocked, "gpu_decode", device.decode, items
+                    )
                 except Exception as exc:
                     self._fail(batch, exc)
                     continue
                 if finishing is not None:
+                    waited = time.monotonic()
                     await finishing
-                outcome = loop.run_in_executor(pool, device.finish, decoded)
+                    self._on_stage("gpu_wait", time.monotonic() - waited)
+                outcome = loop.run_in_executor(
+                    pool, self._clocked, "gpu_finish", device.finish, decoded
+                )
                 finishing = asyncio.create_task(self._complete(batch, started, outcome))
         finally:
             if finishing is not None:
                 finishing.cancel()
+
+    def _clocked(self, stage: str, call: Callable[[Any], T], arg: Any) -> T:
+        """`call(arg)` in a stage's thread; its own duration goes to `on_stage`, failed or not."""
+        started = time.monotonic()
+        try:
+            return call(arg)
+        finally:
+            self._on_stage(stage, time.monotonic() - started)
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
         """Inference failures are the service's, not the event's: every waiter gets them."""

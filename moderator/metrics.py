@@ -58,7 +58,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "moderator_stage_duration_seconds",
-            "Time per pipeline stage (prepare, acquire, decode, queue, inference, score, publish).",
+            "Time per pipeline stage (prepare, acquire, decode, queue, inference, score, publish;"
+            " per GPU-decoding batch: gpu_decode, gpu_wait, gpu_finish).",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

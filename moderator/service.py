@@ -203,6 +203,9 @@ class Service:
             max_batch=s.pipeline.max_batch,
             max_wait_s=s.pipeline.max_wait_ms / 1000,
             on_batch=self._batch_done,
+            on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(
+                seconds
+            ),
         )
         self._batcher.start()
         topics = [s.kafka.input_topic, s.kafka.verdict_topic, s.kafka.dlq_topic]

@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -659,6 +660,7 @@ async def _half_phase(
         deadline = time.monotonic() + max(60.0, opts.duration)
         complete = await collector.wait_for(len(produced.ids), deadline)
         system.check_alive()
+        metrics = await _scrape(system.metrics_urls)
     finally:
         await system.stop()
     sent = dict(zip(produced.ids, produced.timestamps_ms, strict=True))
@@ -681,7 +683,7 @@ async def _half_phase(
         offered_rate=rate,
         input_rate=len(produced.ids) / produced.seconds if produced.seconds else None,
         latencies_ms=latencies,
-        extra=_slow_event_stages(latency_by_id, collector.timings_by_id),
+        extra=_slow_event_stages(latency_by_id, collector.timings_by_id) | _batch_stages(metrics),
     )
 
 
@@ -706,6 +708,42 @@ def _slow_event_stages(
         "stage_p50_ms": _stage_medians([t for _, t in with_outside]),
         "slowest_tenth_stage_p50_ms": _stage_medians([t for _, t in slowest]),
     }
+
+
+_BATCH_STAGES: Final = ("queue", "inference", "gpu_decode", "gpu_wait", "gpu_finish")
+
+
+def _batch_stages(metrics_texts: Sequence[str]) -> dict[str, Any]:
+    """Per batch, over all replicas: how many, the mean, and the p99 as the upper bound of its
+    histogram bucket, for the stages the batcher times (`moderator_stage_duration_seconds`).
+    Why: a queue's tail comes from some batches being slow, which per-event medians hide."""
+    buckets: dict[str, dict[float, float]] = {}
+    sums: dict[str, float] = {}
+    sample = re.compile(r"^moderator_stage_duration_seconds_(bucket|sum)\{([^}]*)\} (\S+)$", re.M)
+    for text in metrics_texts:
+        for kind, labels, value in sample.findall(text):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            stage = found.get("stage", "")
+            if stage not in _BATCH_STAGES:
+                continue
+            if kind == "sum":
+                sums[stage] = sums.get(stage, 0.0) + float(value)
+            else:
+                le = float(found["le"])  # "+Inf" parses as inf
+                counts = buckets.setdefault(stage, {})
+                counts[le] = counts.get(le, 0.0) + float(value)
+    out: dict[str, dict[str, float | None]] = {}
+    for stage, counts in buckets.items():
+        total = counts.get(math.inf, 0.0)
+        if not total:
+            continue
+        p99 = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
+        out[stage] = {
+            "batches": total,
+            "mean_ms": round(1000 * sums.get(stage, 0.0) / total, 2),
+            "p99_le_ms": None if math.isinf(p99) else round(1000 * p99, 1),
+        }
+    return {"batch_stage_ms": out} if out else {}
 
 
 def _stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
@@ -936,6 +974,14 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
             "ours at half load, the slowest tenth of events, median ms per stage ('outside' ="
             " latency not covered by the service's total): "
             + ", ".join(f"{name} {ms:g}" for name, ms in stages.items())
+        )
+    if ours_half and ours_half.extra.get("batch_stage_ms"):
+        report.notes.append(
+            "ours at half load, per batch (all replicas): "
+            + ", ".join(
+                f"{name} n={int(v['batches'])} mean {v['mean_ms']:g} ms p99 <= {v['p99_le_ms']} ms"
+                for name, v in ours_half.extra["batch_stage_ms"].items()
+            )
         )
     if opts.replicas > 1:
         report.notes.append(

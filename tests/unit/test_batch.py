@@ -1,5 +1,6 @@
 import asyncio
 import threading
+import time
 
 import numpy as np
 
@@ -171,3 +172,47 @@ async def test_the_next_batch_decodes_while_the_previous_one_finishes() -> None:
     # Batch 3 is decoded only after batch 1 finished: two batches in hand at most.
     assert order.index("finish b'1'") < order.index("decode b'3'")
     assert order.index("decode b'2'") < order.index("finish b'1'")
+
+
+async def test_a_gpu_workers_stages_are_timed_batch_by_batch() -> None:
+    stages: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def on_stage(stage: str, seconds: float) -> None:
+        with lock:  # called from the stage threads as well as the loop
+            stages.append((stage, seconds))
+
+    def decode(items: list[np.ndarray | bytes]) -> list[np.ndarray | bytes]:
+        time.sleep(0.02)
+        return items
+
+    def finish(items: list[np.ndarray | bytes]) -> tuple[np.ndarray, dict[int, str]]:
+        time.sleep(0.08)
+        return np.array([[float(i.decode())] for i in items], np.float32), {}  # type: ignore[union-attr]
+
+    batcher = Batcher(
+        [_infer_recording([])],
+        device_infers=[DeviceInfer(decode=decode, finish=finish)],
+        max_batch=1,
+        max_wait_s=0.0,
+        on_stage=on_stage,
+    )
+    batcher.start()
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(batcher.embed_encoded(b"1"), batcher.embed_encoded(b"2")), timeout=5.0
+        )
+    finally:
+        await batcher.stop()
+    by_stage: dict[str, list[float]] = {}
+    for stage, seconds in stages:
+        by_stage.setdefault(stage, []).append(seconds)
+    assert {stage: len(times) for stage, times in by_stage.items()} == {
+        "gpu_decode": 2,
+        "gpu_finish": 2,
+        "gpu_wait": 1,  # only batch 2 had a batch before it
+    }
+    assert min(by_stage["gpu_decode"]) >= 0.02
+    assert min(by_stage["gpu_finish"]) >= 0.08
+    # Batch 2 decoded in 0.02 s while batch 1 finished in 0.08: it waited for the rest.
+    assert 0 < by_stage["gpu_wait"][0] <= max(by_stage["gpu_finish"])

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from moderator.bench.e2e import _Pool, _slow_event_stages, percentile
+from moderator.bench.e2e import _batch_stages, _Pool, _slow_event_stages, percentile
 from moderator.bench.images import bench_images
 from moderator.events import parse_event
 
@@ -58,3 +58,24 @@ def test_slow_events_stages_show_where_the_tail_waits() -> None:
     slow = out["slowest_tenth_stage_p50_ms"]  # the tenth at or over the 90th percentile
     assert slow == {"outside": 10.0, "queue": 1000.0, "total": 1010.0}
     assert _slow_event_stages(latency, {}) == {}  # the peer's verdicts carry no timings
+
+
+def test_batch_stages_sum_the_replicas_histograms() -> None:
+    from prometheus_client import generate_latest
+
+    from moderator.metrics import Metrics
+
+    texts = []
+    for decode_seconds in ([0.004] * 99 + [0.8], [0.004] * 100):  # two replicas
+        metrics = Metrics()
+        for seconds in decode_seconds:
+            metrics.stage_seconds.labels("gpu_decode").observe(seconds)
+        metrics.stage_seconds.labels("score").observe(0.001)  # per event: not a batch stage
+        texts.append(generate_latest(metrics.registry).decode())
+    stages = _batch_stages([*texts, ""])  # a replica that did not answer
+    assert set(stages["batch_stage_ms"]) == {"gpu_decode"}
+    decode = stages["batch_stage_ms"]["gpu_decode"]
+    assert decode["batches"] == 200
+    assert decode["mean_ms"] == round(1000 * (199 * 0.004 + 0.8) / 200, 2)
+    assert decode["p99_le_ms"] == 5.0  # 199 of 200 in the 5 ms bucket
+    assert _batch_stages([]) == {}
