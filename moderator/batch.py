@@ -30,6 +30,7 @@ from moderator.types import Embeddings, Pixels
 
 log = get("batch")
 
+A = TypeVar("A")
 T = TypeVar("T")
 Infer = Callable[[Pixels], Embeddings]
 Item = Pixels | bytes
@@ -211,7 +212,7 @@ class Batcher:
             if finishing is not None:
                 finishing.cancel()
 
-    def _clocked(self, stage: str, call: Callable[[Any], T], arg: Any) -> T:
+    def _clocked(self, stage: str, call: Callable[[A], T], arg: A) -> T:
         """`call(arg)` in a stage's thread; its own duration goes to `on_stage`, failed or not."""
         started = time.monotonic()
         try:

@@ -13,7 +13,7 @@ at (`reduction`): a 2×2 box average, then for 4× and 8× drafts an antialiased
 (Pillow's `reduce(2)`, then BILINEAR). Then ONNX's Resize-18 (cubic, a = -0.5, antialias:
 Pillow's BICUBIC filter) and a centre crop, i.e. resize-then-crop as the processor does.
 The reduction leaves the cubic filter a quarter of the pixels or fewer to read, and keeps
-pixels ~0.5 levels from the CPU path's on average. Only JPEGs the CPU path would treat the
+pixels ~0.3 levels from the CPU path's on average (H200). Only JPEGs the CPU path would treat the
 same way come here (`gpu_eligible`): RGB/YCbCr or grey (not CMYK, not MPO), within the
 pixel limit, resize edge >= crop size. nvImageCodec applies EXIF orientation. Anything
 else, and any image the GPU fails on, goes back to the CPU path, which gives bad images
@@ -65,12 +65,13 @@ _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
 # The same-size graph's whole-batch copies, per pixel and channel of the batch: the stack, its
-# channel planes and their join (uint8), then float32 for the reduction. Measured on the CPU
-# provider when a Transpose made the planar copy: ~5.2 bytes with a 1/2 reduction, ~9.2
-# without one (the float copies stay full size); the Split and Concat add a uint8 copy.
+# channel planes and their join (uint8), then float32 for the reduction. Peak measured on the
+# CPU provider without its arena (probes/resize_graph_memory.py, 16 images): 5.0 bytes with a
+# 1/2 reduction and 9.0 without one (the float copies stay full size), where the Transpose
+# that made the planes before gave 5.0 and 8.0.
 _SAME_SIZE_BYTES: Final = 2 << 30
-_SAME_SIZE_COPY_BYTES: Final = 7
-_SAME_SIZE_COPY_BYTES_UNREDUCED: Final = 11
+_SAME_SIZE_COPY_BYTES: Final = 6
+_SAME_SIZE_COPY_BYTES_UNREDUCED: Final = 10
 _current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
 
@@ -178,21 +179,23 @@ def _planar_nodes(source: str, out: str, *, batched: bool) -> list[Any]:
 def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, size: int) -> bytes:
     from onnx import TensorProto, helper
 
+    constants = [
+        helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axis2", TensorProto.INT64, [1], [2]),
+        helper.make_tensor("axis3", TensorProto.INT64, [1], [3]),
+        helper.make_tensor("axes01", TensorProto.INT64, [2], [0, 1]),
+        # Cast to uint8 truncates: adding half a level first rounds (values are >= 0).
+        helper.make_tensor("half_level", TensorProto.FLOAT, [], [0.5]),
+    ]
+    read = {name for node in nodes for name in node.input}
     graph = helper.make_graph(
         nodes,
         name,
         inputs,
         [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [count, size, size, 3])],
-        initializer=[
-            helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
-            helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("axis2", TensorProto.INT64, [1], [2]),
-            helper.make_tensor("axis3", TensorProto.INT64, [1], [3]),
-            helper.make_tensor("axes01", TensorProto.INT64, [2], [0, 1]),
-            # Cast to uint8 truncates: adding half a level first rounds (values are >= 0).
-            helper.make_tensor("half_level", TensorProto.FLOAT, [], [0.5]),
-        ],
+        initializer=[c for c in constants if c.name in read],  # ORT warns of unused ones
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = _ORT_IR_VERSION
@@ -636,7 +639,8 @@ class GpuJpegDecoder:
 
     def warm_up(self, encode: Callable[[DeviceBatch], Embeddings] | None = None) -> None:
         """Each stage's first runs now, not on the first events: nvImageCodec over a full batch
-        of small JPEGs, every resize graph, and `encode` (the model) once per bucket size.
+        of small JPEGs, every resize graph, and `encode` (the model) at every batch size up to
+        `max_batch`. First runs at photo sizes (ORT's memory arena growing) stay.
 
         Why: first runs cost far more than the next (H200, probes/warm_probe.py: a decoder's
         first batch 0.71 s, the graphs' first runs 0.12 s; then 3 ms and 15–19 ms, in the same
@@ -659,9 +663,10 @@ class GpuJpegDecoder:
                     self._resize_each([filler], bucket, base)
                     if bucket > 1:
                         self._resize_same_size([filler] * bucket, base)
-                    self._cuda.synchronize(self._place_stream)
-                    if encode is not None:
-                        encode(DeviceBatch(base, bucket, s, list(range(bucket)), {}))
+                self._cuda.synchronize(self._place_stream)
+                if encode is not None:  # it sees a batch's own count, not its bucket: each once
+                    for count in range(1, self.max_batch + 1):
+                        encode(DeviceBatch(base, count, s, list(range(count)), {}))
         except Exception as exc:  # nvImageCodec, CUDA and ORT raise their own types
             raise ModelError(f"the GPU JPEG decoder failed its warm-up: {exc}") from exc
 

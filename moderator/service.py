@@ -236,8 +236,8 @@ class Service:
 
     def _open_gpu_decoders(self) -> None:
         """One GPU JPEG decoder per runtime, built and warmed up (`GpuJpegDecoder.warm_up`), as
-        `pipeline.gpu_decode` asks: "auto" goes on without them (CPU decoding) and says why at
-        INFO; "on" refuses to start."""
+        `pipeline.gpu_decode` asks: "auto" goes on without them (CPU decoding) and says why, at
+        INFO, or WARNING if a decoder started and then failed; "on" refuses to start."""
         assert self._spec is not None
         mode = self.settings.pipeline.gpu_decode
         if mode == "off":
@@ -255,12 +255,15 @@ class Service:
                 self._gpu_decoders.append(decoder)
                 decoder.warm_up(runtime.encode_device_pixels)
         except ModeratorError as exc:
+            started_one = bool(self._gpu_decoders)  # then it failed on the GPU, not before
             for decoder in self._gpu_decoders:
                 decoder.close()
             self._gpu_decoders.clear()
             if mode == "on":
                 raise ConfigError(f"pipeline.gpu_decode is on, but: {exc}") from exc
-            log.info("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
+            # A decoder that started and then failed points at the GPU: worth a warning.
+            report = log.warning if started_one else log.info
+            report("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
             return
         fields = {"gpus": len(self._gpu_decoders), "ready_s": round(time.monotonic() - started, 2)}
         log.info("JPEGs decode on the GPU", extra={"fields": fields})

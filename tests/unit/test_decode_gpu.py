@@ -156,12 +156,12 @@ def test_only_full_buckets_of_one_modest_shape_take_the_same_size_graph() -> Non
     assert not takes_same_size_graph(5, 8, [photo] * 5, SPEC)  # 3 spare full-size resizes
     assert not takes_same_size_graph(1, 1, [photo], SPEC)
     assert not takes_same_size_graph(2, 2, [photo, (480, 640, 3)], SPEC)
-    assert takes_same_size_graph(128, 128, [photo] * 128, SPEC)  # 2.1 GB in all
+    assert takes_same_size_graph(128, 128, [photo] * 128, SPEC)  # 1.8 GB in all
     assert not takes_same_size_graph(128, 128, [(3000, 4000, 3)] * 128, SPEC)  # 28 GB
-    # Without a reduction the float copies stay full size: 11 bytes a value, not 7.
+    # Without a reduction the float copies stay full size: 10 bytes a value, not 6.
     wide = (300, 2000, 3)  # under twice the target on the short side: no draft
-    assert takes_same_size_graph(64, 64, [wide] * 64, SPEC)  # 1.3 GB
-    assert not takes_same_size_graph(128, 128, [wide] * 128, SPEC)  # 2.5 GB (1.6 at 7 bytes)
+    assert takes_same_size_graph(64, 64, [wide] * 64, SPEC)  # 1.1 GB
+    assert not takes_same_size_graph(128, 128, [wide] * 128, SPEC)  # 2.3 GB (1.4 at 6 bytes)
 
 
 def test_geometry_is_the_cpu_paths_resize_and_centre_crop() -> None:
@@ -212,3 +212,20 @@ def test_decoder_says_what_is_missing_on_a_machine_without_it() -> None:
             pytest.skip("a GPU may be present: tests/gpu covers the decoder")
         with pytest.raises(ModelError):
             GpuJpegDecoder(SPEC)
+
+
+def test_a_warm_up_failure_of_any_kind_is_a_model_error() -> None:
+    """The service falls back to CPU decoding on `ModelError` only: nvImageCodec's, CUDA's and
+    ONNX Runtime's own exception types must not escape the warm-up."""
+    decoder = GpuJpegDecoder.__new__(GpuJpegDecoder)  # no GPU here: only what warm_up reads
+    decoder.spec = SPEC
+    decoder.max_batch = 4
+
+    def decode(items: list[bytes]) -> None:
+        assert len(items) == 4
+        assert all(item.startswith(b"\xff\xd8\xff") for item in items)  # JPEGs
+        raise RuntimeError("nvImageCodec: no hardware decoder")
+
+    decoder.decode = decode  # type: ignore[method-assign,assignment]
+    with pytest.raises(ModelError, match="failed its warm-up: nvImageCodec: no hardware"):
+        decoder.warm_up()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -87,7 +88,7 @@ def test_gpu_decode_auto_falls_back_when_the_decoder_cannot_start(
 
 
 def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from moderator.errors import ConfigError, ModelError
 
@@ -112,9 +113,12 @@ def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
 
     monkeypatch.setattr(service_module, "GpuJpegDecoder", _Decoder)
     auto = _service_on([_Runtime()], "auto")
-    auto._open_gpu_decoders()
+    with caplog.at_level(logging.INFO):
+        auto._open_gpu_decoders()
     assert auto._gpu_decoders == []
     assert closed == [True]
+    said = [r for r in caplog.records if r.getMessage() == "JPEGs decode on the CPU"]
+    assert [r.levelno for r in said] == [logging.WARNING]  # it started, then failed
     with pytest.raises(ConfigError, match="failed its warm-up: no engine"):
         _service_on([_Runtime()], "on")._open_gpu_decoders()
     assert closed == [True, True]

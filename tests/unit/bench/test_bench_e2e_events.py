@@ -79,3 +79,7 @@ def test_batch_stages_sum_the_replicas_histograms() -> None:
     assert decode["mean_ms"] == round(1000 * (199 * 0.004 + 0.8) / 200, 2)
     assert decode["p99_le_ms"] == 5.0  # 199 of 200 in the 5 ms bucket
     assert _batch_stages([]) == {}
+    slow = Metrics()
+    slow.stage_seconds.labels("gpu_wait").observe(45.0)  # past the last bucket bound
+    waited = _batch_stages([generate_latest(slow.registry).decode()])["batch_stage_ms"]
+    assert waited == {"gpu_wait": {"batches": 1, "mean_ms": 45000.0, "p99_le_ms": None}}

@@ -1,0 +1,31 @@
+"""Probe: peak memory of the same-size resize graph on the CPU provider without its arena, per
+value of the stacked batch (16 images of H×W×3). `python resize_graph_memory.py split|transpose H W`;
+`transpose` rebuilds the graph with the Transpose that made the channel planes before the Split and
+Concat. Printed: bytes per value, from the process's peak RSS before and after one run."""
+import resource, sys
+import numpy as np
+import onnxruntime as ort
+from onnx import helper
+import moderator.decode_gpu as g
+from moderator.decode import PreprocessSpec
+
+variant, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if variant == "transpose":
+    def planar(source, out, *, batched):
+        if batched:
+            return [helper.make_node("Transpose", [source], [out], perm=[0, 3, 1, 2])]
+        raise SystemExit("batched only")
+    g._planar_nodes = planar
+N = 16
+spec = PreprocessSpec.for_model(224, 224)
+model = g.resize_crop_same_size_model(N, 224)
+o = ort.SessionOptions(); o.enable_cpu_mem_arena = False; o.enable_mem_pattern = False
+sess = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+imgs = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8) for i in range(N)]
+sizes, starts, ends = g.geometry(h, w, spec); half, draft = g.reduction(h, w, spec)
+sizes[0] = draft[0] = N
+feeds = {f"image_{i}": im for i, im in enumerate(imgs)} | {"half": half, "draft": draft, "sizes": sizes, "starts": starts, "ends": ends}
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sess.run(None, feeds)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(variant, h, w, "bytes per value:", round((peak - base) * 1024 / (N * h * w * 3), 2))
