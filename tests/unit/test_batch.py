@@ -1,6 +1,7 @@
 import asyncio
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,19 @@ async def test_a_worker_without_a_gpu_decoder_hands_bytes_back_and_embeds_the_re
     assert float(outcomes[2].embedding[0]) == 6.0  # type: ignore[union-attr]
 
 
+def _one_item_batches(decode: Any, finish: Any, **options: Any) -> Batcher:
+    """A started worker with these GPU stages, one item per batch, no waiting for more."""
+    batcher = Batcher(
+        [_infer_recording([])],
+        device_infers=[DeviceInfer(decode=decode, finish=finish)],
+        max_batch=1,
+        max_wait_s=0.0,
+        **options,
+    )
+    batcher.start()
+    return batcher
+
+
 async def test_the_next_batch_decodes_while_the_previous_one_finishes() -> None:
     second_decoding = threading.Event()
     order: list[str] = []
@@ -154,13 +168,7 @@ async def test_the_next_batch_decodes_while_the_previous_one_finishes() -> None:
         order.append(f"finish {items[0]!r}")
         return np.array([[float(i.decode())] for i in items], np.float32), {}  # type: ignore[union-attr]
 
-    batcher = Batcher(
-        [_infer_recording([])],
-        device_infers=[DeviceInfer(decode=decode, finish=finish)],
-        max_batch=1,
-        max_wait_s=0.0,
-    )
-    batcher.start()
+    batcher = _one_item_batches(decode, finish)
     try:
         results = await asyncio.wait_for(
             asyncio.gather(*(batcher.embed_encoded(str(i).encode()) for i in (1, 2, 3))),
@@ -190,14 +198,7 @@ async def test_a_gpu_workers_stages_are_timed_batch_by_batch() -> None:
         time.sleep(0.08)
         return np.array([[float(i.decode())] for i in items], np.float32), {}  # type: ignore[union-attr]
 
-    batcher = Batcher(
-        [_infer_recording([])],
-        device_infers=[DeviceInfer(decode=decode, finish=finish)],
-        max_batch=1,
-        max_wait_s=0.0,
-        on_stage=on_stage,
-    )
-    batcher.start()
+    batcher = _one_item_batches(decode, finish, on_stage=on_stage)
     try:
         await asyncio.wait_for(
             asyncio.gather(batcher.embed_encoded(b"1"), batcher.embed_encoded(b"2")), timeout=5.0
