@@ -203,9 +203,7 @@ class Service:
             max_batch=s.pipeline.max_batch,
             max_wait_s=s.pipeline.max_wait_ms / 1000,
             on_batch=self._batch_done,
-            on_stage=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(
-                seconds
-            ),
+            on_stage=self._batch_stage_done,
         )
         self._batcher.start()
         topics = [s.kafka.input_topic, s.kafka.verdict_topic, s.kafka.dlq_topic]
@@ -657,6 +655,9 @@ class Service:
     def _cache_result(self, kind: str, result: str, count: int) -> None:
         self.metrics.cache.labels(kind, result).inc(count)
         self.metrics.cache_up.set(0 if result == "error" else 1)
+
+    def _batch_stage_done(self, stage: str, seconds: float) -> None:
+        self.metrics.stage_seconds.labels(stage).observe(seconds)
 
     def _batch_done(self, size: int, queued_s: float, inference_s: float) -> None:
         self.metrics.batch_size.observe(size)
