@@ -8,16 +8,16 @@ img/s for this path in `bench decode` (9.8k in four processes), but at half load
 only when asked (`pipeline.gpu_decode`).
 
 Where it differs from the CPU path (`moderator.decode`): the JPEG is decoded at full size
-(nvImageCodec has no DCT draft), then brought down to the size the CPU path's draft decodes
-at (`reduction`): a 2×2 box average, then for 4× and 8× drafts an antialiased linear resize
-(Pillow's `reduce(2)`, then BILINEAR). Then ONNX's Resize-18 (cubic, a = -0.5, antialias:
-Pillow's BICUBIC filter) and a centre crop, i.e. resize-then-crop as the processor does.
-The reduction leaves the cubic filter a quarter of the pixels or fewer to read, and keeps
-pixels ~0.3 levels from the CPU path's on average (H200). Only JPEGs the CPU path would treat the
-same way come here (`gpu_eligible`): RGB/YCbCr or grey (not CMYK, not MPO), within the
-pixel limit, resize edge >= crop size. nvImageCodec applies EXIF orientation. Anything
-else, and any image the GPU fails on, goes back to the CPU path, which gives bad images
-their usual `DecodeError`.
+(nvImageCodec has no DCT draft) as planar RGB, so the graphs need no channel shuffle, then
+brought down to the size the CPU path's draft decodes at (`reduction`): a 2×2 box average, then
+for 4× and 8× drafts an antialiased linear resize (Pillow's `reduce(2)`, then BILINEAR). Then
+ONNX's Resize-18 (cubic, a = -0.5, antialias: Pillow's BICUBIC filter) and a centre crop, i.e.
+resize-then-crop as the processor does. The reduction leaves the cubic filter a quarter of the
+pixels or fewer to read, and keeps pixels ~0.3 levels from the CPU path's on average (H200).
+Only JPEGs the CPU path would treat the same way come here (`gpu_eligible`): RGB/YCbCr or grey
+(not CMYK, not MPO), within the pixel limit, resize edge >= crop size. nvImageCodec applies EXIF
+orientation. Anything else, and any image the GPU fails on, goes back to the CPU path, which
+gives bad images their usual `DecodeError`.
 onnxruntime is imported only by the decoder: decode processes import `gpu_eligible` alone.
 
 Ordering: two CUDA streams per decoder. nvImageCodec decodes on the first and the host waits
@@ -64,11 +64,10 @@ _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
 _H2D: Final = 1  # cudaMemcpyHostToDevice
 _NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
-# The same-size graph's whole-batch copies, per pixel and channel of the batch: the stack, its
-# channel planes and their join (uint8), then float32 for the reduction. Peak measured on the
-# CPU provider without its arena (probes/resize_graph_memory.py, 16 images): 5.0 bytes with a
-# 1/2 reduction and 9.0 without one (the float copies stay full size), where the Transpose
-# that made the planes before gave 5.0 and 8.0.
+# The same-size graph's whole-batch copies, per pixel and channel of the batch: the stack
+# (uint8), then float32 for the reduction. Peak measured on the CPU provider without its arena
+# (probes/resize_graph_memory.py, 16 images): 5.0 bytes with a 1/2 reduction and 8.0 without
+# one (the float copies stay full size).
 _SAME_SIZE_BYTES: Final = 2 << 30
 _SAME_SIZE_COPY_BYTES: Final = 6
 _SAME_SIZE_COPY_BYTES_UNREDUCED: Final = 10
@@ -153,39 +152,12 @@ def _reduce_nodes(source: str, half: str, draft: str, out: str) -> list[Any]:
     ]
 
 
-def _planar_nodes(source: str, out: str, *, batched: bool) -> list[Any]:
-    """Interleaved to planar uint8: (h, w, 3) → (1, 3, h, w), or (n, h, w, 3) → (n, 3, h, w)
-    when `batched`, by splitting the channels apart and joining them on their new axis.
-
-    Why not one Transpose: ONNX Runtime's CUDA Transpose of this layout took 31 of the
-    same-size graph's 52 µs of GPU per 1024×768 image (H200, probes/resize_profile.py); the
-    Split and Concat made the whole graph ~20 % faster with the same bytes out
-    (probes/resize_variants.py).
-    """
-    from onnx import helper
-
-    last, planes = ("axis3", "axis1") if batched else ("axis2", "axes01")
-    channels = [f"{out}_c{k}" for k in range(3)]
-    nodes = [helper.make_node("Split", [source], channels, axis=3 if batched else 2, num_outputs=3)]
-    for channel in channels:
-        nodes += [
-            helper.make_node("Squeeze", [channel, last], [f"{channel}_hw"]),
-            helper.make_node("Unsqueeze", [f"{channel}_hw", planes], [f"{channel}_plane"]),
-        ]
-    nodes.append(helper.make_node("Concat", [f"{c}_plane" for c in channels], [out], axis=1))
-    return nodes
-
-
 def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, size: int) -> bytes:
     from onnx import TensorProto, helper
 
     constants = [
         helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
         helper.make_tensor("hw_axes", TensorProto.INT64, [2], [2, 3]),
-        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axis2", TensorProto.INT64, [1], [2]),
-        helper.make_tensor("axis3", TensorProto.INT64, [1], [3]),
-        helper.make_tensor("axes01", TensorProto.INT64, [2], [0, 1]),
         # Cast to uint8 truncates: adding half a level first rounds (values are >= 0).
         helper.make_tensor("half_level", TensorProto.FLOAT, [], [0.5]),
     ]
@@ -203,8 +175,8 @@ def _model_bytes(name: str, nodes: list[Any], inputs: list[Any], count: int, siz
 
 
 def resize_crop_model(count: int, size: int) -> bytes:
-    """An ONNX graph taking `count` decoded images, each (h_i, w_i, 3) uint8 of its own size,
-    and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
+    """An ONNX graph taking `count` decoded images, each planar (3, h_i, w_i) uint8 of its own
+    size, and writing their S×S centre crops as one (count, S, S, 3) uint8 batch.
 
     Per image i: `image_i`, and five small inputs the host computes from the image's shape:
     `half_i` (float scales) / `draft_i` (`reduction`), `sizes_i` (1, 3, new_h, new_w),
@@ -219,7 +191,7 @@ def resize_crop_model(count: int, size: int) -> bytes:
     inputs, nodes, crops = [], [], []
     for i in range(count):
         inputs += [
-            vi(f"image_{i}", TensorProto.UINT8, [f"h{i}", f"w{i}", 3]),
+            vi(f"image_{i}", TensorProto.UINT8, [3, f"h{i}", f"w{i}"]),
             vi(f"half_{i}", TensorProto.FLOAT, [4]),
             vi(f"draft_{i}", TensorProto.INT64, [4]),
             vi(f"sizes_{i}", TensorProto.INT64, [4]),
@@ -227,7 +199,7 @@ def resize_crop_model(count: int, size: int) -> bytes:
             vi(f"ends_{i}", TensorProto.INT64, [2]),
         ]
         nodes += [
-            *_planar_nodes(f"image_{i}", f"nchw_{i}", batched=False),
+            helper.make_node("Unsqueeze", [f"image_{i}", "axis0"], [f"nchw_{i}"]),
             *_reduce_nodes(f"nchw_{i}", f"half_{i}", f"draft_{i}", f"drafted_{i}"),
             _resize_node(f"drafted_{i}", f"sizes_{i}", f"resized_{i}"),
             helper.make_node(
@@ -243,7 +215,7 @@ def resize_crop_model(count: int, size: int) -> bytes:
 
 
 def resize_crop_same_size_model(count: int, size: int) -> bytes:
-    """`resize_crop_model` for `count` images of one shape (h, w, 3): one Resize and one Slice
+    """`resize_crop_model` for `count` images of one shape (3, h, w): one Resize and one Slice
     over the stacked batch instead of one each per image, and one `half`, `draft` (count, 3,
     h, w), `sizes` (count, 3, new_h, new_w), `starts` and `ends` for all of them: `draft` and
     `sizes` carry the batch size.
@@ -258,7 +230,7 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
     if count < 1 or size < 1:
         raise ValueError(f"count and size must be positive, got {count}, {size}")
     vi = helper.make_tensor_value_info
-    inputs = [vi(f"image_{i}", TensorProto.UINT8, ["h", "w", 3]) for i in range(count)]
+    inputs = [vi(f"image_{i}", TensorProto.UINT8, [3, "h", "w"]) for i in range(count)]
     inputs += [
         vi("half", TensorProto.FLOAT, [4]),
         vi("draft", TensorProto.INT64, [4]),
@@ -267,11 +239,10 @@ def resize_crop_same_size_model(count: int, size: int) -> bytes:
         vi("ends", TensorProto.INT64, [2]),
     ]
     nodes = [
-        helper.make_node("Unsqueeze", [f"image_{i}", "axis0"], [f"nhwc_{i}"]) for i in range(count)
+        helper.make_node("Unsqueeze", [f"image_{i}", "axis0"], [f"chw_{i}"]) for i in range(count)
     ]
     nodes += [
-        helper.make_node("Concat", [f"nhwc_{i}" for i in range(count)], ["stack"], axis=0),
-        *_planar_nodes("stack", "nchw", batched=True),
+        helper.make_node("Concat", [f"chw_{i}" for i in range(count)], ["nchw"], axis=0),
         *_reduce_nodes("nchw", "half", "draft", "drafted"),
         _resize_node("drafted", "sizes", "resized"),
         helper.make_node("Slice", ["resized", "starts", "ends", "hw_axes"], ["crop"]),
@@ -497,6 +468,14 @@ class GpuJpegDecoder:
                 nvimgcodec.Backend(kinds.HYBRID_CPU_GPU),
             ],
         )
+        # Planar (3, h, w): the resize graphs read channel planes. Interleaved output made them
+        # split the channels apart first, 19 of their 37 µs of GPU per 1024×768 image (H200,
+        # probes/resize_profile.py, sixth lease).
+        self._params = nvimgcodec.DecodeParams(
+            color_spec=nvimgcodec.ColorSpec.SRGB,
+            sample_format=nvimgcodec.SampleFormat.P_RGB,
+            apply_exif_orientation=True,
+        )
         s = self.spec.image_size
         self._slot = s * s * 3
         self._buffer = ort.OrtValue.ortvalue_from_shape_and_type(
@@ -504,7 +483,7 @@ class GpuJpegDecoder:
         )
         # Stands in for images a bucket has no item for: resized from S×S, cropped to S×S.
         self._filler = ort.OrtValue.ortvalue_from_numpy(
-            np.zeros((s, s, 3), np.uint8), "cuda", self.device_id
+            np.zeros((3, s, s), np.uint8), "cuda", self.device_id
         )
         same = np.array([1, 3, s, s], np.int64)
         ones = np.ones(4, np.float32)
@@ -673,7 +652,9 @@ class GpuJpegDecoder:
     def _decode(self, data: Sequence[bytes]) -> list[tuple[_Image | None, str | None]]:
         """nvImageCodec over the batch: (image, None) or (None, why) per item."""
         try:
-            images = self._decoder.decode(list(data), cuda_stream=self._decode_stream)
+            images = self._decoder.decode(
+                list(data), params=self._params, cuda_stream=self._decode_stream
+            )
         except Exception as exc:  # the whole call failed: every item goes to the CPU
             return [(None, f"GPU decode failed: {exc}")] * len(data)
         out: list[tuple[_Image | None, str | None]] = []
@@ -683,12 +664,12 @@ class GpuJpegDecoder:
                 continue
             cai = image.__cuda_array_interface__  # the only read: see `_Image`
             shape = tuple(int(d) for d in cai["shape"])
-            if cai["typestr"] != "|u1" or len(shape) != 3 or shape[2] != 3:
-                out.append((None, f"GPU decoder gave {cai['typestr']} {shape}, not RGB"))
-            elif cai.get("strides") not in (None, (shape[1] * 3, 3, 1)):
-                out.append((None, f"GPU decoder gave padded rows {cai['strides']}"))
+            if cai["typestr"] != "|u1" or len(shape) != 3 or shape[0] != 3:
+                out.append((None, f"GPU decoder gave {cai['typestr']} {shape}, not planar RGB"))
+            elif cai.get("strides") not in (None, (shape[1] * shape[2], shape[2], 1)):
+                out.append((None, f"GPU decoder gave padded planes {cai['strides']}"))
             else:
-                out.append((_Image(image, shape[0], shape[1], int(cai["data"][0])), None))
+                out.append((_Image(image, shape[1], shape[2], int(cai["data"][0])), None))
         return out
 
     def _resize(self, images: Sequence[_Image], base: int) -> None:
@@ -706,7 +687,7 @@ class GpuJpegDecoder:
         session = self._session(bucket, same_size=True)
         binding = session.io_binding()
         height, width = images[0].height, images[0].width
-        shape = [height, width, 3]
+        shape = [3, height, width]
         for i, image in enumerate(images):  # a full bucket: no spare inputs
             binding.bind_input(f"image_{i}", "cuda", self.device_id, np.uint8, shape, image.pointer)
         sizes, starts, ends = geometry(height, width, self.spec)
@@ -736,7 +717,7 @@ class GpuJpegDecoder:
                 pointer = self._filler.data_ptr()
                 half, draft, sizes, starts, ends = self._filler_geometry
             binding.bind_input(
-                f"image_{i}", "cuda", self.device_id, np.uint8, [height, width, 3], pointer
+                f"image_{i}", "cuda", self.device_id, np.uint8, [3, height, width], pointer
             )
             binding.bind_cpu_input(f"half_{i}", half)
             binding.bind_cpu_input(f"draft_{i}", draft)

@@ -63,11 +63,16 @@ def _pillow_reference(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return resized[top : top + s, left : left + s]
 
 
+def _planes(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) → (3, h, w): how nvImageCodec hands the decoder its images."""
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
 def _feeds(i: int, rgb: np.ndarray) -> dict[str, np.ndarray]:
     height, width = rgb.shape[:2]
     half, draft = reduction(height, width, SPEC)
     sizes, starts, ends = geometry(height, width, SPEC)
-    values = {"image": rgb, "half": half, "draft": draft}
+    values = {"image": _planes(rgb), "half": half, "draft": draft}
     values |= {"sizes": sizes, "starts": starts, "ends": ends}
     return {f"{name}_{i}": value for name, value in values.items()}
 
@@ -143,7 +148,7 @@ def test_same_size_graph_gives_the_mixed_graphs_pixels() -> None:
     shared = {k[: -len("_0")]: v.copy() for k, v in _feeds(0, images[0]).items() if k != "image_0"}
     for name in ("draft", "sizes"):
         shared[name][0] = 3
-    stacked = {f"image_{i}": rgb for i, rgb in enumerate(images)}
+    stacked = {f"image_{i}": _planes(rgb) for i, rgb in enumerate(images)}
     (got,) = same.run(None, stacked | shared)
     assert got.shape == (3, 224, 224, 3)
     np.testing.assert_array_equal(got, want)

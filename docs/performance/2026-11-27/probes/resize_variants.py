@@ -6,8 +6,10 @@ Transpose3DKernel, whose 32-wide tiles are mostly idle with 3 channels). Each va
 below replaces the graph's front (stack → 2×2 box average in float32, NCHW) and keeps the
 rest (antialiased linear to the draft size, round to uint8, bicubic, crop, NHWC). 64
 random 1024×768 images already on GPU 0; each variant is timed over 20 runs and compared
-with the current graph's output. Prints one JSON line per variant. (As run on the GPU, the
-list was the first five variants; `uint8_slices_split` came later and has not run there.)
+with the first variant's output. Prints one JSON line per variant. (As run on the GPU in the
+sixth lease, the list was transpose_uint8, split_concat, nhwc_resize, reduce_sum,
+strided_slices; `uint8_slices_split` and `planar` came later. `planar` is what `serve` does
+since the seventh lease: nvImageCodec decodes to channel planes, so the stack is already NCHW.)
 """
 
 import json
@@ -38,7 +40,13 @@ def const(name, values, dtype=TensorProto.INT64):
 def front(variant):
     """Nodes from `stack` (N, H, W, 3) uint8 to `reduced` (N, 3, H/2, W/2) float32."""
     n = helper.make_node
-    if variant == "transpose_uint8":  # as serve does now
+    if variant == "planar":  # inputs decoded as planes: `stack` is (N, 3, H, W) already
+        return [
+            n("Cast", ["stack"], ["f"], to=TensorProto.FLOAT),
+            n("Resize", ["f", "", "half"], ["reduced"], mode="linear",
+              coordinate_transformation_mode="half_pixel"),
+        ]
+    if variant == "transpose_uint8":  # as serve did until the sixth lease
         return [
             n("Transpose", ["stack"], ["nchw"], perm=[0, 3, 1, 2]),
             n("Cast", ["nchw"], ["f"], to=TensorProto.FLOAT),
@@ -52,7 +60,7 @@ def front(variant):
               coordinate_transformation_mode="half_pixel"),
             n("Transpose", ["r"], ["reduced"], perm=[0, 3, 1, 2]),
         ]
-    if variant == "split_concat":  # channels apart by Split, together again by Concat
+    if variant == "split_concat":  # Split, then Concat: serve in the sixth lease
         return [
             n("Split", ["stack", "three_ones"], ["c0", "c1", "c2"], axis=3),
             *[n("Reshape", [f"c{i}", "nchw1"], [f"p{i}"]) for i in range(3)],
@@ -103,7 +111,8 @@ def model(variant):
     half, draft = reduction(H, W, SPEC)
     sizes[0] = draft[0] = N
     n = helper.make_node
-    inputs = [helper.make_tensor_value_info(f"image_{i}", TensorProto.UINT8, [H, W, 3]) for i in range(N)]
+    shape = [3, H, W] if variant == "planar" else [H, W, 3]
+    inputs = [helper.make_tensor_value_info(f"image_{i}", TensorProto.UINT8, shape) for i in range(N)]
     nodes = [n("Unsqueeze", [f"image_{i}", "axis0"], [f"u{i}"]) for i in range(N)]
     nodes.append(n("Concat", [f"u{i}" for i in range(N)], ["stack"], axis=0))
     nodes += front(variant)
@@ -146,17 +155,22 @@ if __name__ == "__main__":
     base = rng.integers(0, 256, (N, H // 16, W // 16, 3)).repeat(16, 1).repeat(16, 2)
     host = np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
     values = [ort.OrtValue.ortvalue_from_numpy(host[i], device, 0) for i in range(N)]
+    planes = [
+        ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(host[i].transpose(2, 0, 1)), device, 0)
+        for i in range(N)
+    ]
     out = ort.OrtValue.ortvalue_from_shape_and_type((N, S, S, 3), np.uint8, device, 0)
     providers = [("CUDAExecutionProvider", {"device_id": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
     reference = None
-    for variant in ("transpose_uint8", "split_concat", "strided_slices", "uint8_slices_split", "transpose_uint8", "uint8_slices_split"):
+    variants = os.environ.get("VARIANTS", "split_concat,planar,uint8_slices_split,split_concat,planar")
+    for variant in variants.split(","):
         row = {"variant": variant}
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             session = ort.InferenceSession(model(variant), options, providers=providers)
             binding = session.io_binding()
-            for i, v in enumerate(values):
+            for i, v in enumerate(planes if variant == "planar" else values):
                 binding.bind_ortvalue_input(f"image_{i}", v)
             binding.bind_ortvalue_output("pixels", out)
             for _ in range(3):
