@@ -2,10 +2,10 @@
 
 Why: with several service processes on one host, CPU decoding bounds end to end (a 1024×768
 JPEG costs ~7 ms of a core; docs/performance.md). The resized batch never leaves the device:
-the model reads it in place (`ClipRuntime.encode_device_pixels`). Measured on an H200: 9.3k
-img/s for this path in `bench decode` (9.8k in four processes), but at half load a p99 of
-0.6–0.8 s with 4 replicas on one GPU, against 81 ms with CPU decoding, so `serve` uses it
-only when asked (`pipeline.gpu_decode`).
+the model reads it in place (`ClipRuntime.encode_device_pixels`). Measured on an H200 in
+`bench decode`: 8.8–10.0k img/s for this path in one process, 11.7–12.1k in four, but at half
+load a p99 of 0.6–1.3 s with 4 replicas on one GPU, against 81–91 ms with CPU decoding, so
+`serve` uses it only when asked (`pipeline.gpu_decode`).
 
 Where it differs from the CPU path (`moderator.decode`): the JPEG is decoded at full size
 (nvImageCodec has no DCT draft) as planar RGB, so the graphs need no channel shuffle, then

@@ -10,7 +10,13 @@
 #             and the per-batch stage figures at half load; then the same with a 0.2 ms GIL
 #             switch interval in every process (SWITCH, lease5.sh)
 #   gpu2      GPU decoding, 4 replicas on GPU 0, then 8 over GPUs 0 and 1, same call
-# Carries as in lease6.sh. What ran where is written below once it has run.
+# Carries as in lease6.sh. As run, on one 2×H200 host (Intel Xeon, 32 cores), commit 9f8d3ad:
+#   setup, gputest (25 passed, 1 skipped), variants, decode, modes, gpue2e, gpu2, then
+#   `lease5.sh cpu4` and `lease5.sh model`, then by hand (the same bench e2e command as gpue2e,
+#   no SWITCH) with --service-env MODERATOR_PIPELINE__DECODE_WORKERS=2 and =8 (→ -w2, -w8),
+#   once more with the defaults as a control (→ -control), and `bench decode` again
+#   (→ decode-2.json). The host slowed down over the lease (the same default e2e run: 945
+#   verdicts/s first, 665 last), so compare each row with its neighbours.
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
