@@ -64,6 +64,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "moderator_event_loop_lag_seconds",
+            "How late the event loop woke from a 0.1 s sleep, sampled ten times a second.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "moderator_end_to_end_latency_seconds",
             "From the event's Kafka timestamp to its verdict or DLQ record being acknowledged.",

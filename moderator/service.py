@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from moderator import kafka
+from moderator import kafka, loop_lag
 from moderator.acquire import Fetcher, FetchPolicy
 from moderator.batch import Batcher, DeviceInfer, NotDecoded
 from moderator.cache import RedisEmbeddingCache
@@ -143,11 +143,13 @@ class Service:
         s = self.settings
         self.http = HealthServer(self.metrics, self.readiness, self.liveness)
         await self.http.start(s.http.host, s.http.port)
+        watching = asyncio.create_task(loop_lag.watch(self.metrics.loop_lag.observe))
         try:
             await self._start()
             await self._consume()
             await self._drain()
         finally:
+            watching.cancel()
             await self._close()
         if self._fatal is not None:
             log.error("stopped on a fatal error", exc_info=self._fatal)

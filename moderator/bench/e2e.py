@@ -683,7 +683,9 @@ async def _half_phase(
         offered_rate=rate,
         input_rate=len(produced.ids) / produced.seconds if produced.seconds else None,
         latencies_ms=latencies,
-        extra=_slow_event_stages(latency_by_id, collector.timings_by_id) | _batch_stages(metrics),
+        extra=_slow_event_stages(latency_by_id, collector.timings_by_id)
+        | _batch_stages(metrics)
+        | _loop_lag(metrics),
     )
 
 
@@ -713,39 +715,71 @@ def _slow_event_stages(
 _BATCH_STAGES: Final = ("queue", "inference", "gpu_decode", "gpu_wait", "gpu_finish")
 
 
-def _batch_stages(metrics_texts: Sequence[str]) -> dict[str, Any]:
-    """Per batch, over all replicas: how many, the mean, and the p99 as the upper bound of its
-    histogram bucket (None past the last bound), for the stages the batcher times
-    (`moderator_stage_duration_seconds`), over the whole phase: unlike the latencies, the
-    warm-up window is in. `gpu_wait` counts the batches that did not wait too, as 0.
-    Why: a queue's tail comes from some batches being slow, which per-event medians hide."""
+def _histograms(
+    metrics_texts: Sequence[str], metric: str, label: str | None = None
+) -> dict[str, dict[str, float | None]]:
+    """One histogram summed over the replicas' Prometheus texts, per value of `label` (all
+    under "" without one): `count`, `mean_ms`, and `p99_le_ms` / `max_le_ms`, the upper
+    bounds of the buckets holding the 99th percentile and the largest sample (None past the
+    last bound)."""
     buckets: dict[str, dict[float, float]] = {}
     sums: dict[str, float] = {}
-    sample = re.compile(r"^moderator_stage_duration_seconds_(bucket|sum)\{([^}]*)\} (\S+)$", re.M)
+    sample = re.compile(rf"^{re.escape(metric)}_(bucket|sum)(?:\{{([^}}]*)\}})? (\S+)$", re.M)
     for text in metrics_texts:
         for kind, labels, value in sample.findall(text):
             found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            stage = found.get("stage", "")
-            if stage not in _BATCH_STAGES:
-                continue
+            key = found.get(label, "") if label else ""
             if kind == "sum":
-                sums[stage] = sums.get(stage, 0.0) + float(value)
+                sums[key] = sums.get(key, 0.0) + float(value)
             else:
                 le = float(found["le"])  # "+Inf" parses as inf
-                counts = buckets.setdefault(stage, {})
+                counts = buckets.setdefault(key, {})
                 counts[le] = counts.get(le, 0.0) + float(value)
     out: dict[str, dict[str, float | None]] = {}
-    for stage, counts in buckets.items():
+    for key, counts in buckets.items():
         total = counts.get(math.inf, 0.0)
         if not total:
             continue
-        p99 = next(le for le in sorted(counts) if counts[le] >= 0.99 * total)
-        out[stage] = {
-            "batches": total,
-            "mean_ms": round(1000 * sums.get(stage, 0.0) / total, 2),
+        bounds = sorted(counts)
+        p99 = next(le for le in bounds if counts[le] >= 0.99 * total)
+        top = next(le for le in bounds if counts[le] >= total)
+        out[key] = {
+            "count": total,
+            "mean_ms": round(1000 * sums.get(key, 0.0) / total, 2),
             "p99_le_ms": None if math.isinf(p99) else round(1000 * p99, 1),
+            "max_le_ms": None if math.isinf(top) else round(1000 * top, 1),
         }
+    return out
+
+
+def _batch_stages(metrics_texts: Sequence[str]) -> dict[str, Any]:
+    """Per batch, over all replicas: how many, the mean, and the p99 and largest as bucket
+    bounds, for the stages the batcher times (`moderator_stage_duration_seconds`), over the
+    whole phase: unlike the latencies, the warm-up window is in. `gpu_wait` counts the
+    batches that did not wait too, as 0.
+    Why: a queue's tail comes from some batches being slow, which per-event medians hide."""
+    stages = _histograms(metrics_texts, "moderator_stage_duration_seconds", "stage")
+    out = {
+        stage: {"batches": v.pop("count")} | v
+        for stage, v in stages.items()
+        if stage in _BATCH_STAGES
+    }
     return {"batch_stage_ms": out} if out else {}
+
+
+def _loop_lag(metrics_texts: Sequence[str]) -> dict[str, Any]:
+    """How late the replicas' event loops woke, over the whole phase
+    (`moderator_event_loop_lag_seconds`, ten samples a second per replica).
+    Why: a loop that runs late holds up every event at once, in no stage of its own."""
+    lag = _histograms(metrics_texts, "moderator_event_loop_lag_seconds").get("")
+    if lag is None:
+        return {}
+    return {"loop_lag_ms": {"samples": lag.pop("count")} | lag}
+
+
+def _bound(le_ms: float | None) -> str:
+    """A histogram bucket's upper bound as the note lines print it."""
+    return f"<= {le_ms:g} ms" if le_ms is not None else "> 30 s"
 
 
 def _stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
@@ -979,13 +1013,20 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
         )
     if ours_half and ours_half.extra.get("batch_stage_ms"):
         report.notes.append(
-            "ours at half load, per batch, all replicas, the whole phase with its warm-up (p99 as"
-            " the bound of its histogram bucket): "
+            "ours at half load, per batch, all replicas, the whole phase with its warm-up (p99"
+            " and largest as the bounds of their histogram buckets): "
             + ", ".join(
-                f"{name} n={int(v['batches'])} mean {v['mean_ms']:g} ms p99 "
-                + (f"<= {v['p99_le_ms']:g} ms" if v["p99_le_ms"] is not None else "> 30 s")
+                f"{name} n={int(v['batches'])} mean {v['mean_ms']:g} ms"
+                f" p99 {_bound(v['p99_le_ms'])} largest {_bound(v['max_le_ms'])}"
                 for name, v in ours_half.extra["batch_stage_ms"].items()
             )
+        )
+    if ours_half and ours_half.extra.get("loop_lag_ms"):
+        lag = ours_half.extra["loop_lag_ms"]
+        report.notes.append(
+            f"ours at half load, event loop lag, all replicas ({int(lag['samples'])} samples):"
+            f" mean {lag['mean_ms']:g} ms, p99 {_bound(lag['p99_le_ms'])},"
+            f" largest {_bound(lag['max_le_ms'])}"
         )
     if opts.replicas > 1:
         report.notes.append(

@@ -184,6 +184,12 @@ async def test_every_event_is_answered_with_the_policy_decision(
     sample = next(iter(verdicts.values()))[0]
     assert sample["model"]["id"] == "demo-shapes"
     assert len(sample["image"]["sha256"]) == 64
+    # The loop's lag was sampled while it served (ten times a second).
+    lag_samples = service.metrics.registry.get_sample_value(
+        "moderator_event_loop_lag_seconds_count"
+    )
+    assert lag_samples is not None
+    assert lag_samples >= 1
 
     # Drain: everything answered gets committed, and the service exits 0.
     service.stop()

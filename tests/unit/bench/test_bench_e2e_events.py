@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from moderator.bench.e2e import _batch_stages, _Pool, _slow_event_stages, percentile
+from moderator.bench.e2e import _batch_stages, _loop_lag, _Pool, _slow_event_stages, percentile
 from moderator.bench.images import bench_images
 from moderator.events import parse_event
 
@@ -78,8 +78,31 @@ def test_batch_stages_sum_the_replicas_histograms() -> None:
     assert decode["batches"] == 200
     assert decode["mean_ms"] == round(1000 * (199 * 0.004 + 0.8) / 200, 2)
     assert decode["p99_le_ms"] == 5.0  # 199 of 200 in the 5 ms bucket
+    assert decode["max_le_ms"] == 1000.0  # the 0.8 s batch
     assert _batch_stages([]) == {}
     slow = Metrics()
     slow.stage_seconds.labels("gpu_wait").observe(45.0)  # past the last bucket bound
     waited = _batch_stages([generate_latest(slow.registry).decode()])["batch_stage_ms"]
-    assert waited == {"gpu_wait": {"batches": 1, "mean_ms": 45000.0, "p99_le_ms": None}}
+    assert waited == {
+        "gpu_wait": {"batches": 1, "mean_ms": 45000.0, "p99_le_ms": None, "max_le_ms": None}
+    }
+
+
+def test_loop_lag_sums_the_replicas_samples() -> None:
+    from prometheus_client import generate_latest
+
+    from moderator.metrics import Metrics
+
+    texts = []
+    for lags in ([0.0002] * 150, [0.0002] * 49 + [0.3]):  # one replica stalled once
+        metrics = Metrics()
+        for seconds in lags:
+            metrics.loop_lag.observe(seconds)
+        metrics.stage_seconds.labels("gpu_decode").observe(0.004)  # another histogram
+        texts.append(generate_latest(metrics.registry).decode())
+    lag = _loop_lag(texts)["loop_lag_ms"]
+    assert lag["samples"] == 200
+    assert lag["mean_ms"] == round(1000 * (199 * 0.0002 + 0.3) / 200, 2)
+    assert lag["p99_le_ms"] == 1.0  # 199 of 200 in the first bucket
+    assert lag["max_le_ms"] == 500.0
+    assert _loop_lag(["", "no metrics here"]) == {}
