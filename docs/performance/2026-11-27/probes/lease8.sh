@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The next GPU lease's runs (prepared in the seventh lease's session), in order; JSON in $OUT.
+#   setup     as lease6.sh setup (wheels, Java + Kafka, broker up), plus py-spy from .device/tools
+#   gputest   tests/gpu and the GPU decoder's unit tests on this card
+#   graphs    cuda_graph_probe.py: ORT CUDA graphs per batch size (1-256) against serve's session
+#   stall     GPU decoding, 4 replicas on GPU 0: bench e2e with the event loop's lag in its notes,
+#             and py-spy on two replicas through the half-load phase (all threads with idle
+#             frames on one, the GIL holder on the other): what the batch worker and the loop
+#             do while the batcher's queue fills (docs/performance.md, seventh lease)
+# Carries as in lease6.sh (.device/tools with the fifth onnxruntime-gpu part).
+set -uo pipefail
+export PYTHONPATH=/root/site:$PWD
+export PATH=/root/jre/bin:$PATH
+step=${1:?setup|gputest|graphs|stall}
+probes=docs/performance/2026-11-27/probes
+noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
+log() { echo "== $(date +%T) $*"; }
+case $step in
+setup)
+  bash $probes/lease6.sh setup
+  [ -x /root/site/bin/py-spy ] || python3 -m pip install -q --no-deps --target /root/site /root/w/tools/py_spy-*.whl
+  ;;
+gputest) bash $probes/lease5.sh gputest ;;
+graphs) python3 $probes/cuda_graph_probe.py 2>&1 | grep -v "$noise" | tail -6 ;;
+stall)
+  python3 -m moderator bench e2e --model b32 --precision fp16 --unique 64 --producers 4 \
+    --duration 15 --partitions 16 --service-env MODERATOR_PIPELINE__GPU_DECODE=on --peer none \
+    --timeout 90 --events 16000 --replicas 4 --replica-devices 0 \
+    --out "$OUT/e2e-r4-d0-gpudecode-stall.json" > "$OUT/e2e-stall.log" 2>&1 &
+  bench=$!
+  until grep -q "ours: producing" "$OUT/e2e-stall.log" 2>/dev/null; do sleep 0.2; done
+  set -- $(pgrep -f "moderator serve" | head -2)
+  log "half load: recording replicas $1 (all threads) and $2 (GIL holder)"
+  /root/site/bin/py-spy record -d 14 -r 100 -p "$1" -f raw --threads --idle --nonblocking -o "$OUT/pyspy-stall-all.txt" > /dev/null 2>&1 &
+  /root/site/bin/py-spy record -d 14 -r 100 -p "$2" -f raw --threads --gil --nonblocking -o "$OUT/pyspy-stall-gil.txt" 2>&1 | tail -2
+  wait $bench
+  grep -E "^ours |slowest tenth|per batch|loop lag" "$OUT/e2e-stall.log"
+  ;;
+esac
