@@ -4,8 +4,8 @@ Why: with several service processes on one host, CPU decoding bounds end to end 
 JPEG costs ~7 ms of a core; docs/performance.md). The resized batch never leaves the device:
 the model reads it in place (`ClipRuntime.encode_device_pixels`). Measured on an H200 in
 `bench decode`: 8.8–10.0k img/s for this path in one process, 11.7–12.1k in four, but at half
-load a p99 of 0.6–1.3 s with 4 replicas on one GPU, against 81–91 ms with CPU decoding, so
-`serve` uses it only when asked (`pipeline.gpu_decode`).
+load a p99 of 0.6–1.3 s with 4 replicas on one GPU, against 81–214 ms (mostly under 100)
+with CPU decoding, so `serve` uses it only when asked (`pipeline.gpu_decode`).
 
 Where it differs from the CPU path (`moderator.decode`): the JPEG is decoded at full size
 (nvImageCodec has no DCT draft) as planar RGB, so the graphs need no channel shuffle, then
@@ -469,8 +469,8 @@ class GpuJpegDecoder:
             ],
         )
         # Planar (3, h, w): the resize graphs read channel planes. Interleaved output made them
-        # split the channels apart first, 19 of their 37 µs of GPU per 1024×768 image (H200,
-        # probes/resize_profile.py, sixth lease).
+        # split the channels apart and join them again first, ~16 of the same-size graph's 37
+        # µs of GPU per 1024×768 image (H200, probes/resize_profile.py, sixth lease).
         self._params = nvimgcodec.DecodeParams(
             color_spec=nvimgcodec.ColorSpec.SRGB,
             sample_format=nvimgcodec.SampleFormat.P_RGB,

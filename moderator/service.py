@@ -143,13 +143,18 @@ class Service:
         s = self.settings
         self.http = HealthServer(self.metrics, self.readiness, self.liveness)
         await self.http.start(s.http.host, s.http.port)
-        watching = asyncio.create_task(loop_lag.watch(self.metrics.loop_lag.observe))
+        watching: asyncio.Task[None] | None = None
         try:
             await self._start()
+            # From here: start-up (model loads, warm-ups) would only blur the serving figure.
+            watching = asyncio.create_task(loop_lag.watch(self.metrics.loop_lag.observe))
             await self._consume()
             await self._drain()
         finally:
-            watching.cancel()
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             await self._close()
         if self._fatal is not None:
             log.error("stopped on a fatal error", exc_info=self._fatal)
