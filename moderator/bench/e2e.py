@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -685,8 +686,33 @@ async def _half_phase(
         latencies_ms=latencies,
         extra=_slow_event_stages(latency_by_id, collector.timings_by_id)
         | _batch_stages(metrics)
-        | _loop_lag(metrics),
+        | _loop_lag(metrics)
+        | _latency_by_second(sent, collector.answered),
     )
+
+
+def _latency_by_second(sent: dict[str, int], answered: dict[str, int]) -> dict[str, Any]:
+    """Per second of sending, from the phase's first event, warm-up included: how many events
+    were answered, their median and their largest latency (ms).
+    Why: a tail spread over the whole run (a slow stage) and one from a few stalls (the events
+    of one or two seconds all late) give the same p99; the seconds tell them apart."""
+    if not sent:
+        return {}
+    begin = min(sent.values())
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for event_id, ts in sent.items():
+        if event_id in answered:
+            seconds[(ts - begin) // 1000].append(float(answered[event_id] - ts))
+    rows = [
+        {
+            "second": second,
+            "answered": len(values),
+            "p50_ms": round(float(np.median(values)), 1),
+            "max_ms": round(max(values), 1),
+        }
+        for second, values in sorted(seconds.items())
+    ]
+    return {"latency_by_second": rows} if rows else {}
 
 
 def _slow_event_stages(
@@ -1020,6 +1046,11 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
                 f" p99 {_bound(v['p99_le_ms'])} largest {_bound(v['max_le_ms'])}"
                 for name, v in ours_half.extra["batch_stage_ms"].items()
             )
+        )
+    if ours_half and ours_half.extra.get("latency_by_second"):
+        report.notes.append(
+            "ours at half load, largest latency (ms) per second of sending, warm-up included: "
+            + " ".join(f"{row['max_ms']:.0f}" for row in ours_half.extra["latency_by_second"])
         )
     if ours_half and ours_half.extra.get("loop_lag_ms"):
         lag = ours_half.extra["loop_lag_ms"]

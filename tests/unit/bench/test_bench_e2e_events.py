@@ -8,7 +8,14 @@ import json
 
 import pytest
 
-from moderator.bench.e2e import _batch_stages, _loop_lag, _Pool, _slow_event_stages, percentile
+from moderator.bench.e2e import (
+    _batch_stages,
+    _latency_by_second,
+    _loop_lag,
+    _Pool,
+    _slow_event_stages,
+    percentile,
+)
 from moderator.bench.images import bench_images
 from moderator.events import parse_event
 
@@ -106,3 +113,17 @@ def test_loop_lag_sums_the_replicas_samples() -> None:
     assert lag["p99_le_ms"] == 1.0  # 199 of 200 in the first bucket
     assert lag["max_le_ms"] == 500.0
     assert _loop_lag(["", "no metrics here"]) == {}
+
+
+def test_latency_by_second_shows_a_stall_as_its_own_second() -> None:
+    sent = {f"e{i}": 10_000 + 100 * i for i in range(30)}  # ten a second for three seconds
+    answered = {k: ts + 20 for k, ts in sent.items()}
+    for i in range(10, 15):  # half of the second second waited behind a stall
+        answered[f"e{i}"] = sent[f"e{i}"] + 900
+    del answered["e29"]  # unanswered: counted nowhere
+    rows = _latency_by_second(sent, answered)["latency_by_second"]
+    assert [row["second"] for row in rows] == [0, 1, 2]
+    assert [row["answered"] for row in rows] == [10, 10, 9]
+    assert [row["max_ms"] for row in rows] == [20.0, 900.0, 20.0]
+    assert rows[1]["p50_ms"] == 460.0  # five at 20 ms, five at 900 ms
+    assert _latency_by_second({}, {}) == {}
