@@ -13,7 +13,8 @@
 # Carries as in lease6.sh. As run, on one 2×H200 host (Intel Xeon, 32 cores), commit 9f8d3ad:
 #   setup, gputest (25 passed, 1 skipped), variants, decode, modes, gpue2e, gpu2, then
 #   `lease5.sh cpu4` and `lease5.sh model`, then by hand (the same bench e2e command as gpue2e,
-#   no SWITCH) with --service-env MODERATOR_PIPELINE__DECODE_WORKERS=2 and =8 (→ -w2, -w8),
+#   no SWITCH) with --service-env MODERATOR_PIPELINE__DECODE_WORKERS=2 and =8 (→ -w2, -w8; 8 is
+#   what bench e2e gives each of 4 replicas on 32 cores anyway),
 #   once more with the defaults as a control (→ -control), and `bench decode` again
 #   (→ decode-2.json). The host slowed down over the lease (the same default e2e run: 945
 #   verdicts/s first, 665 last), so compare each row with its neighbours.
