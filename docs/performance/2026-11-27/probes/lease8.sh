@@ -28,12 +28,15 @@ stall)
     --timeout 90 --events 16000 --replicas 4 --replica-devices 0 \
     --out "$OUT/e2e-r4-d0-gpudecode-stall.json" > "$OUT/e2e-stall.log" 2>&1 &
   bench=$!
-  until grep -q "ours: producing" "$OUT/e2e-stall.log" 2>/dev/null; do sleep 0.2; done
+  until grep -q "ours: producing" "$OUT/e2e-stall.log" 2>/dev/null; do
+    kill -0 $bench 2>/dev/null || { tail -20 "$OUT/e2e-stall.log"; exit 1; }  # it failed early
+    sleep 0.2
+  done
   set -- $(pgrep -f "moderator serve" | head -2)
   log "half load: recording replicas $1 (all threads) and $2 (GIL holder)"
   /root/site/bin/py-spy record -d 14 -r 100 -p "$1" -f raw --threads --idle --nonblocking -o "$OUT/pyspy-stall-all.txt" > /dev/null 2>&1 &
   /root/site/bin/py-spy record -d 14 -r 100 -p "$2" -f raw --threads --gil --nonblocking -o "$OUT/pyspy-stall-gil.txt" 2>&1 | tail -2
   wait $bench
-  grep -E "^ours |slowest tenth|per batch|loop lag" "$OUT/e2e-stall.log"
+  grep -E "^ours |slowest tenth|per batch|loop lag|per second" "$OUT/e2e-stall.log"
   ;;
 esac
