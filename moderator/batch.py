@@ -48,6 +48,12 @@ class DeviceInfer:
     finish: Callable[[Any], Outcome]
 
 
+def buckets(max_batch: int) -> list[int]:
+    """Batch sizes a GPU stage prepares for (a graph, a resize session): powers of two from 1
+    up to the first one holding `max_batch`. A batch of n runs at the smallest that holds it."""
+    return [1 << k for k in range((max_batch - 1).bit_length() + 1)]
+
+
 class NotDecoded(Exception):
     """The GPU did not decode these bytes; decode them on the CPU and embed the pixels."""
 

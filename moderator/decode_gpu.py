@@ -28,11 +28,7 @@ batch from its own stream.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import io
-import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 from PIL import Image
 
+from moderator.batch import buckets
+from moderator.cudart import CudaRuntime
 from moderator.decode import PreprocessSpec, _crop_start, _resize_size
 from moderator.errors import ModelError
 from moderator.types import Embeddings, Pixels
@@ -62,8 +60,6 @@ __all__ = [
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 _GPU_MODES: Final = frozenset({"RGB", "L"})
 _ORT_IR_VERSION: Final = 9  # onnxruntime >= 1.15 reads it
-_H2D: Final = 1  # cudaMemcpyHostToDevice
-_NON_BLOCKING: Final = 1  # cudaStreamNonBlocking
 # The same-size graph's whole-batch copies, per pixel and channel of the batch: the stack
 # (uint8), then float32 for the reduction. Peak measured on the CPU provider without its arena
 # (probes/resize_graph_memory.py, 16 images): 5.0 bytes with a 1/2 reduction and 8.0 without
@@ -297,60 +293,6 @@ def reduction(height: int, width: int, spec: PreprocessSpec) -> tuple[np.ndarray
     return np.array([1, 1, 0.5, 0.5], np.float32), np.array([1, 3, *draft], np.int64)
 
 
-class _CudaRuntime:
-    """The few CUDA runtime calls this needs (a stream, a copy, a wait), through ctypes: the
-    service has no torch or CuPy to ask."""
-
-    def __init__(self) -> None:
-        self._lib = _load_cudart()
-        self._lib.cudaGetErrorString.restype = ctypes.c_char_p
-
-    def _check(self, code: int, what: str) -> None:
-        if code != 0:
-            text = self._lib.cudaGetErrorString(code).decode(errors="replace")
-            raise ModelError(f"CUDA {what} failed: {text} ({code})")
-
-    def set_device(self, device_id: int) -> None:
-        self._check(self._lib.cudaSetDevice(ctypes.c_int(device_id)), "cudaSetDevice")
-
-    def create_stream(self) -> int:
-        stream = ctypes.c_void_p()
-        code = self._lib.cudaStreamCreateWithFlags(ctypes.byref(stream), _NON_BLOCKING)
-        self._check(code, "cudaStreamCreateWithFlags")
-        return int(stream.value or 0)
-
-    def destroy_stream(self, stream: int) -> None:
-        self._lib.cudaStreamDestroy(ctypes.c_void_p(stream))
-
-    def copy_to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
-        code = self._lib.cudaMemcpyAsync(
-            ctypes.c_void_p(pointer),
-            ctypes.c_void_p(array.ctypes.data),
-            ctypes.c_size_t(array.nbytes),
-            _H2D,
-            ctypes.c_void_p(stream),
-        )
-        self._check(code, "cudaMemcpyAsync")
-
-    def synchronize(self, stream: int) -> None:
-        self._check(self._lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "sync")
-
-
-def _load_cudart() -> ctypes.CDLL:
-    """libcudart: the copy onnxruntime.preload_dlls() loaded, else one from nvidia's wheels."""
-    names = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
-    for path in sys.path:
-        pattern = os.path.join(path, "nvidia", "**", "libcudart.so*")
-        names += sorted(glob.glob(pattern, recursive=True))
-    errors = []
-    for name in names:
-        try:
-            return ctypes.CDLL(name)
-        except OSError as exc:
-            errors.append(str(exc))
-    raise ModelError(f"no CUDA runtime library (libcudart) to load: {errors[:3]}")
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceBatch:
     """`count` model-ready images in GPU memory, readable through `__cuda_array_interface__`.
@@ -435,7 +377,7 @@ class GpuJpegDecoder:
         self.spec = spec
         self.device_id = device_id
         self.max_batch = max_batch
-        self._buckets = [1 << k for k in range((max_batch - 1).bit_length() + 1)]
+        self._buckets = buckets(max_batch)
         self._decode_stream = self._place_stream = 0
         self._decode_lock = threading.Lock()
         self._place_lock = threading.RLock()  # `embed_decoded` holds it across the model
@@ -443,7 +385,7 @@ class GpuJpegDecoder:
         # Off only to compare the two resize graphs (tests, probes).
         self.same_size_resize = True
         try:
-            self._cuda = _CudaRuntime()
+            self._cuda = CudaRuntime()
             self._cuda.set_device(device_id)
             self._decode_stream = self._cuda.create_stream()
             self._place_stream = self._cuda.create_stream()

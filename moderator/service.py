@@ -282,7 +282,9 @@ class Service:
             device_id=s.device_ids[0],
             intra_op_threads=s.intra_op_threads,
             verify=s.verify_hashes,
+            max_batch=self.settings.pipeline.max_batch,
             attention=s.attention_kernel,
+            cuda_graphs=s.cuda_graphs,
         )
         self._runtimes.append(first)
         info = first.info()
@@ -297,7 +299,9 @@ class Service:
                         device_id=device,
                         intra_op_threads=s.intra_op_threads,
                         verify=False,
+                        max_batch=self.settings.pipeline.max_batch,
                         attention=s.attention_kernel,
+                        cuda_graphs=s.cuda_graphs,
                     )
                 )
         self.metrics.model_info.info({k: str(v) for k, v in info.items()})

@@ -83,6 +83,10 @@ def model(
         str,
         typer.Option(help="Our CUDA attention kernel: efficient, flash, cudnn or auto (ORT's)."),
     ] = DEFAULT_ATTENTION,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(help="Ours as a CUDA graph per batch bucket (model.cuda_graphs)."),
+    ] = False,
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:
@@ -105,6 +109,7 @@ def model(
             compile_mode=compile_mode,
             pixels_on=pixels,
             attention=attention,
+            cuda_graphs=cuda_graphs,
         )
     except ModeratorError as exc:
         raise _fail(exc) from exc

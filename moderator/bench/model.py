@@ -277,6 +277,7 @@ def run_model_bench(
     compile_mode: str = "default",
     pixels_on: str = "host",
     attention: str = DEFAULT_ATTENTION,
+    cuda_graphs: bool = False,
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:
@@ -284,7 +285,8 @@ def run_model_bench(
     named peer (compile, when asked for) at the largest batch. `threads` > 0 sets the CPU
     threads of both ONNX Runtime and torch (0: each library's default). `pixels_on` "device"
     puts the input batch in GPU memory before timing, as a GPU decoder leaves it, so neither
-    side pays the host→device copy ("host": both do)."""
+    side pays the host→device copy ("host": both do). `cuda_graphs` runs ours as `serve` does
+    with `model.cuda_graphs` (device pixels are then copied into the graph's own buffer)."""
     from moderator.embed import load_model
 
     if not batches or min(batches) < 1:
@@ -312,6 +314,7 @@ def run_model_bench(
         intra_op_threads=threads,
         verify=False,
         attention=cast(AttentionKernel, attention),
+        cuda_graphs=cuda_graphs,
     )
     gpu = runtime.provider in ("cuda", "tensorrt")
     if pixels_on == "device" and not gpu:
@@ -331,6 +334,7 @@ def run_model_bench(
         "threads": threads or None,
         "compile_mode": compile_mode,
         "attention_kernel": runtime.info()["attention_kernel"],
+        "cuda_graphs": runtime.info()["cuda_graphs"],
         "timing_includes_host_to_device": pixels_on == "host",
         "input": f"uint8 NHWC in {pixels_on} memory; embeddings returned to host memory as float32",
     }

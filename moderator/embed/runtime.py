@@ -23,6 +23,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from moderator.decode import PreprocessSpec, decode_image
+from moderator.embed.graphs import VisionGraphs
 from moderator.embed.manifest import (
     TEXT_NAME,
     TOKENIZER_NAME,
@@ -69,8 +70,10 @@ class ClipRuntime:
         *,
         device_id: int = 0,
         attention: AttentionKernel = "auto",
+        graphs: VisionGraphs | None = None,
     ) -> None:
         self.directory = directory
+        self._graphs = graphs
         self._attention = attention
         self.manifest = manifest
         self._vision = vision
@@ -140,6 +143,8 @@ class ClipRuntime:
             raise ValueError(f"pixels must have shape (n, {size}, {size}, 3), got {pixels.shape}")
         if len(pixels) == 0:
             return np.zeros((0, self.embed_dim), np.float32)
+        if self._graphs is not None:
+            return self._graphs.encode_host(np.ascontiguousarray(pixels))
         return self._run(self._vision, {PIXELS: np.ascontiguousarray(pixels)})
 
     def encode_device_pixels(self, pixels: Any) -> Embeddings:
@@ -169,8 +174,10 @@ class ClipRuntime:
             raise ValueError("device pixels must be C-contiguous (call .contiguous() first)")
         if shape[0] == 0:
             return np.zeros((0, self.embed_dim), np.float32)
-        binding = self._vision.io_binding()
         pointer = int(interface["data"][0])
+        if self._graphs is not None:
+            return self._graphs.encode_device(pointer, shape[0])
+        binding = self._vision.io_binding()
         binding.bind_input(PIXELS, "cuda", self._device_id, np.uint8, list(shape), pointer)
         return self._run_bound(self._vision, binding)
 
@@ -193,6 +200,7 @@ class ClipRuntime:
             "device_id": self._device_id if self.provider in _GPU_PROVIDERS else None,
             # TensorRT hands the nodes it cannot run to the CUDA provider, with the same option.
             "attention_kernel": self._attention if self.provider in _GPU_PROVIDERS else None,
+            "cuda_graphs": self._graphs is not None,
             "precision": self.manifest.precision,
             "optimized": self.manifest.optimized.applied,
             "embed_dim": self.embed_dim,
@@ -201,9 +209,13 @@ class ClipRuntime:
         }
 
     def warm_up(self) -> None:
-        """One tiny batch through each graph: CUDA/cuDNN set-up happens here, not on a request."""
+        """One tiny batch through each graph: CUDA/cuDNN set-up happens here, not on a request.
+        With CUDA graphs, every bucket's graph is captured here too."""
         size = self.image_size
-        self.encode_pixels(np.zeros((1, size, size, 3), np.uint8))
+        if self._graphs is not None:
+            self._graphs.warm_up()
+        else:
+            self.encode_pixels(np.zeros((1, size, size, 3), np.uint8))
         self.encode_texts(["warm up"])
 
     def _run(self, session: ort.InferenceSession, feeds: Mapping[str, NDArray[Any]]) -> Embeddings:
@@ -277,11 +289,14 @@ def _provider_options(
     manifest: Manifest,
     profile: tuple[str, str, str] | None,
     attention: AttentionKernel,
+    cuda_graph: bool = False,
 ) -> dict[str, str]:
     if provider.name == "cuda":
         options = {"device_id": str(device_id)}
         if _SDPA_KERNEL[attention]:
             options["sdpa_kernel"] = str(_SDPA_KERNEL[attention])
+        if cuda_graph:
+            options["enable_cuda_graph"] = "1"
         return options
     if provider.name == "tensorrt":
         options = {
@@ -310,6 +325,7 @@ def _open_session(
     manifest: Manifest,
     profile: tuple[str, str, str],
     attention: AttentionKernel,
+    cuda_graph: bool = False,
 ) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
@@ -324,6 +340,7 @@ def _open_session(
                         manifest=manifest,
                         profile=profile,
                         attention=attention,
+                        cuda_graph=cuda_graph,
                     ),
                 )
                 for p in providers
@@ -342,6 +359,7 @@ def load_model(
     verify: bool = True,
     max_batch: int = 64,
     attention: AttentionKernel = DEFAULT_ATTENTION,
+    cuda_graphs: bool = False,
 ) -> ClipRuntime:
     """Open an exported model directory (or "demo") on the best provider that can run here.
 
@@ -355,6 +373,10 @@ def load_model(
     about 46 ms the first time a size is seen, and the service sees many sizes. TensorRT
     cannot run the fused com.microsoft ops of an optimized export; export with
     `optimize=False` for it, or those nodes run on CUDA.
+
+    `cuda_graphs` (CUDA provider only) replays the image tower as a CUDA graph per batch
+    bucket up to `max_batch` (`moderator.embed.graphs`), captured here. If capturing fails,
+    the runtime logs a warning and runs without graphs.
     """
     directory = resolve_model_path(path)
     manifest = read_manifest(directory)
@@ -366,19 +388,23 @@ def load_model(
     chosen = select_providers(providers, device_id=device_id)
     options = _session_options(intra_op_threads)
     size, ctx = manifest.image_size, manifest.context_length
-    vision = _open_session(
-        directory / VISION_NAME,
-        chosen,
-        options=options,
-        device_id=device_id,
-        manifest=manifest,
-        attention=attention,
-        profile=(
-            f"{PIXELS}:1x{size}x{size}x3",
-            f"{PIXELS}:{max_batch}x{size}x{size}x3",
-            f"{PIXELS}:{max_batch}x{size}x{size}x3",
-        ),
-    )
+
+    def open_vision(cuda_graph: bool) -> ort.InferenceSession:
+        return _open_session(
+            directory / VISION_NAME,
+            chosen,
+            options=options,
+            device_id=device_id,
+            manifest=manifest,
+            attention=attention,
+            profile=(
+                f"{PIXELS}:1x{size}x{size}x3",
+                f"{PIXELS}:{max_batch}x{size}x{size}x3",
+                f"{PIXELS}:{max_batch}x{size}x{size}x3",
+            ),
+            cuda_graph=cuda_graph,
+        )
+
     text = _open_session(
         directory / TEXT_NAME,
         chosen,
@@ -392,16 +418,44 @@ def load_model(
             f"{INPUT_IDS}:{max_batch}x{ctx}",
         ),
     )
-    runtime = ClipRuntime(
-        directory,
-        manifest,
-        vision,
-        text,
-        TextTokenizer.from_dir(directory, manifest),
-        device_id=device_id,
-        attention=attention,
-    )
-    runtime.warm_up()
+    tokenizer = TextTokenizer.from_dir(directory, manifest)
+
+    def build(vision: ort.InferenceSession, graphs: VisionGraphs | None) -> ClipRuntime:
+        return ClipRuntime(
+            directory,
+            manifest,
+            vision,
+            text,
+            tokenizer,
+            device_id=device_id,
+            attention=attention,
+            graphs=graphs,
+        )
+
+    if cuda_graphs and chosen[0].name == "cuda":
+        try:
+            vision = open_vision(cuda_graph=True)
+            graphs = VisionGraphs(
+                vision,
+                device_id=device_id,
+                image_size=size,
+                embed_dim=manifest.embed_dim,
+                max_batch=max_batch,
+                pixels_name=PIXELS,
+                output_name=EMBEDDINGS,
+            )
+            runtime = build(vision, graphs)
+            runtime.warm_up()
+        except Exception as exc:  # ORT's capture errors have their own types
+            log.warning(
+                "CUDA graphs failed; the image tower runs without them",
+                extra={"fields": {"error": str(exc)[:300]}},
+            )
+            runtime = build(open_vision(cuda_graph=False), None)
+            runtime.warm_up()
+    else:
+        runtime = build(open_vision(cuda_graph=False), None)
+        runtime.warm_up()
     log.info(
         "model loaded",
         extra={"fields": {k: runtime.info()[k] for k in ("model_id", "provider", "precision")}},

@@ -217,3 +217,11 @@ async def test_a_gpu_workers_stages_are_timed_batch_by_batch() -> None:
     assert min(by_stage["gpu_finish"]) >= 0.08
     # Batch 2 decoded in 0.02 s while batch 1 finished in 0.08: it waited for the rest.
     assert 0 < by_stage["gpu_wait"][0] <= max(by_stage["gpu_finish"])
+
+
+def test_buckets_are_powers_of_two_up_to_the_first_holding_max_batch() -> None:
+    from moderator.batch import buckets
+
+    assert buckets(1) == [1]
+    assert buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert buckets(65) == [1, 2, 4, 8, 16, 32, 64, 128]

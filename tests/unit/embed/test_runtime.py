@@ -252,3 +252,57 @@ def test_load_model_hands_the_attention_kernel_to_the_cuda_provider(
     with pytest.raises(ModelError, match="recorded"):
         load_model(tiny_model, providers=("cuda",), device_id=2)
     assert asked == [[("CUDAExecutionProvider", {"device_id": "2", "sdpa_kernel": "2"})]]
+
+
+def test_cuda_graphs_are_a_cuda_provider_option_only(tiny_model: Path) -> None:
+    manifest = read_manifest(tiny_model)
+    cuda = Provider("cuda", "CUDAExecutionProvider")
+    options = _provider_options(
+        cuda, device_id=0, manifest=manifest, profile=None, attention="auto", cuda_graph=True
+    )
+    assert options == {"device_id": "0", "enable_cuda_graph": "1"}
+    cpu = Provider("cpu", "CPUExecutionProvider")
+    options = _provider_options(
+        cpu, device_id=0, manifest=manifest, profile=None, attention="auto", cuda_graph=True
+    )
+    assert options == {}
+
+
+def test_cuda_graphs_asked_for_on_the_cpu_change_nothing(tiny_model: Path) -> None:
+    plain = load_model(tiny_model, providers=("cpu",))
+    asked = load_model(tiny_model, providers=("cpu",), cuda_graphs=True)
+    assert asked.info()["cuda_graphs"] is False
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    pixels = pixels[:, : plain.image_size, : plain.image_size]
+    np.testing.assert_array_equal(asked.encode_pixels(pixels), plain.encode_pixels(pixels))
+
+
+def test_load_model_asks_the_cuda_provider_for_graphs_on_the_image_tower_only(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: record the sessions asked for. The text tower opens on the CPU for real;
+    the image tower cannot, so the graph attempt fails, `load_model` falls back to a plain
+    session, and that one fails too."""
+    asked: list[Any] = []
+    real_session = runtime_module.ort.InferenceSession
+
+    def session(path: str, **kwargs: Any) -> Any:
+        asked.append((Path(path).name, kwargs["providers"][0][1]))
+        if Path(path).name == "vision.onnx":
+            raise RuntimeError("recorded; no CUDA on this machine")
+        return real_session(path, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        runtime_module,
+        "select_providers",
+        lambda *a, **k: [Provider("cuda", "CUDAExecutionProvider")],
+    )
+    monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
+    with pytest.raises(ModelError, match="recorded"):
+        load_model(tiny_model, providers=("cuda",), cuda_graphs=True, attention="auto")
+    graphs = {"device_id": "0", "enable_cuda_graph": "1"}
+    assert asked == [
+        ("text.onnx", {"device_id": "0"}),
+        ("vision.onnx", graphs),  # the graph attempt fails ...
+        ("vision.onnx", {"device_id": "0"}),  # ... and the plain session is tried after it
+    ]

@@ -3,6 +3,9 @@
 #   setup     as lease6.sh setup (wheels, Java + Kafka, broker up), plus py-spy from .device/tools
 #   gputest   tests/gpu and the GPU decoder's unit tests on this card
 #   graphs    cuda_graph_probe.py: ORT CUDA graphs per batch size (1-256) against serve's session
+#             (its batch 4, 32 and 256 ran at the seventh lease's very end: h200-7-cuda-graph-probe.json)
+#   model     bench model with and without --cuda-graphs (model.cuda_graphs), twice, same call
+#   e2e       bench e2e, CPU decoding, 4 replicas on GPU 0, without and with model.cuda_graphs
 #   stall     GPU decoding, 4 replicas on GPU 0: bench e2e with the event loop's lag in its notes,
 #             and py-spy on two replicas through the half-load phase (all threads with idle
 #             frames on one, the GIL holder on the other): what the batch worker and the loop
@@ -11,7 +14,7 @@
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gputest|graphs|stall}
+step=${1:?setup|gputest|graphs|model|e2e|stall}
 probes=docs/performance/2026-11-27/probes
 noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
 log() { echo "== $(date +%T) $*"; }
@@ -22,6 +25,25 @@ setup)
   ;;
 gputest) bash $probes/lease5.sh gputest ;;
 graphs) python3 $probes/cuda_graph_probe.py 2>&1 | grep -v "$noise" | tail -6 ;;
+model)
+  for round in 1 2; do
+    for graphs in no-cuda-graphs cuda-graphs; do
+      log "bench model, --$graphs, round $round"
+      python3 -m moderator bench model --model b32 --precision fp16 --batch 1,32,256 \
+        --pixels device --seconds 3 "--$graphs" --out "$OUT/model-b32-device-$graphs-$round.json" \
+        2>&1 | grep -E "^ *(1|32|256) |ratio" | head -5
+    done
+  done
+  ;;
+e2e)
+  for graphs in false true; do
+    log "4 replicas on GPU 0, CPU decoding, model.cuda_graphs=$graphs"
+    python3 -m moderator bench e2e --model b32 --precision fp16 --unique 64 --producers 4 \
+      --duration 10 --partitions 16 --service-env "MODERATOR_MODEL__CUDA_GRAPHS=$graphs" \
+      --peer none --timeout 90 --events 16000 --replicas 4 --replica-devices 0 \
+      --out "$OUT/e2e-r4-d0-cpudecode-graphs-$graphs.json" 2>&1 | grep -E "^ours |per batch|per second" | head -5
+  done
+  ;;
 stall)
   python3 -m moderator bench e2e --model b32 --precision fp16 --unique 64 --producers 4 \
     --duration 15 --partitions 16 --service-env MODERATOR_PIPELINE__GPU_DECODE=on --peer none \

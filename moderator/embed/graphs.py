@@ -1,0 +1,141 @@
+"""The vision graph's runs as CUDA graphs: one per batch bucket, replayed instead of launched.
+
+Why: ONNX Runtime launches a few hundred kernels per ViT-B/32 call, and at the small batches
+`serve` mostly sees the launches are most of the call. Measured on an H200
+(docs/performance/2026-11-27/probes/h200-7-cuda-graph-probe.json, one session, a graph per
+batch size): 1.17–1.28 ms → 0.61 ms per call at batch 4, 1.46–1.50 → 1.17 ms at 32, 7.09 →
+6.99 ms at 256 (+1.4 %), with the same embeddings.
+
+A graph replays the memory addresses it was captured with, so each bucket (1, 2, 4, …) has its
+own input and output buffers on the device and its own graph id. A batch is copied into the
+rows of the smallest bucket that holds it; the rows past it keep whatever the last batch left
+there, which changes nothing for the real rows (every op of the vision tower works per image),
+and their embeddings are dropped. The session must run every call through here: a run
+without a graph id would capture graph 0 with whatever it was given.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from moderator.batch import buckets
+from moderator.cudart import CudaRuntime
+from moderator.types import Embeddings
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+__all__ = ["VisionGraphs"]
+
+_NO_GRAPH: Final = "-1"  # ORT's gpu_graph_id that runs without capturing or replaying
+_LEGACY_STREAM: Final = 0  # the copies' stream; synchronized before ORT's own stream reads
+
+
+class VisionGraphs:
+    """Runs a vision session opened with `enable_cuda_graph` (CUDA provider only).
+
+    `pixels_name` / `output_name` are the session's input (n, S, S, 3) uint8 and output (n, D)
+    float32. Batches up to `max_batch` replay a graph; larger ones run without one. One call
+    at a time (the buffers are shared): calls from several threads wait for each other.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        device_id: int,
+        image_size: int,
+        embed_dim: int,
+        max_batch: int,
+        pixels_name: str,
+        output_name: str,
+    ) -> None:
+        import onnxruntime as ort
+
+        self._session = session
+        self._device_id = device_id
+        self._pixels_name, self._output_name = pixels_name, output_name
+        self._image_bytes = image_size * image_size * 3
+        self._image_shape = (image_size, image_size, 3)
+        self._embed_dim = embed_dim
+        self.buckets = buckets(max_batch)
+        self._cuda = CudaRuntime()
+        self._lock = threading.Lock()
+        self._inputs: dict[int, Any] = {}
+        self._outputs: dict[int, Any] = {}
+        self._bindings: dict[int, Any] = {}
+        self._options: dict[int, Any] = {}
+        for graph_id, bucket in enumerate(self.buckets, start=1):  # 0 is ORT's default id
+            inputs = ort.OrtValue.ortvalue_from_shape_and_type(
+                (bucket, *self._image_shape), np.uint8, "cuda", device_id
+            )
+            outputs = ort.OrtValue.ortvalue_from_shape_and_type(
+                (bucket, embed_dim), np.float32, "cuda", device_id
+            )
+            binding = session.io_binding()
+            binding.bind_ortvalue_input(pixels_name, inputs)
+            binding.bind_ortvalue_output(output_name, outputs)
+            options = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            self._inputs[bucket], self._outputs[bucket] = inputs, outputs
+            self._bindings[bucket], self._options[bucket] = binding, options
+        self._plain = ort.RunOptions()
+        self._plain.add_run_config_entry("gpu_graph_id", _NO_GRAPH)
+
+    def bucket(self, count: int) -> int | None:
+        """The smallest bucket holding `count` images; None past the largest (no graph)."""
+        return next((b for b in self.buckets if b >= count), None)
+
+    def encode_host(self, pixels: np.ndarray) -> Embeddings:
+        """(n, S, S, 3) uint8 host pixels, C-contiguous, n >= 1."""
+        bucket = self.bucket(len(pixels))
+        if bucket is None:
+            return self._without_graph(pixels=pixels)
+        with self._lock:
+            self._cuda.set_device(self._device_id)
+            target = self._inputs[bucket].data_ptr()
+            self._cuda.copy_to_device(target, pixels, _LEGACY_STREAM)
+            return self._replay(bucket, len(pixels))
+
+    def encode_device(self, pointer: int, count: int) -> Embeddings:
+        """`count` images, C-contiguous on this device at `pointer`, count >= 1. The caller
+        has finished writing them (as for `ClipRuntime.encode_device_pixels`)."""
+        bucket = self.bucket(count)
+        if bucket is None:
+            return self._without_graph(pointer=pointer, count=count)
+        with self._lock:
+            self._cuda.set_device(self._device_id)
+            target = self._inputs[bucket].data_ptr()
+            self._cuda.copy_on_device(target, pointer, count * self._image_bytes, _LEGACY_STREAM)
+            return self._replay(bucket, count)
+
+    def warm_up(self) -> None:
+        """Capture every bucket's graph now (~5-30 ms each), not on a request."""
+        for bucket in self.buckets:
+            self.encode_host(np.zeros((bucket, *self._image_shape), np.uint8))
+
+    def _replay(self, bucket: int, count: int) -> Embeddings:
+        self._cuda.synchronize(_LEGACY_STREAM)  # the pixels are in before ORT's stream reads
+        self._session.run_with_iobinding(self._bindings[bucket], self._options[bucket])
+        rows: Embeddings = self._outputs[bucket].numpy()[:count]  # a fresh host copy
+        return rows
+
+    def _without_graph(
+        self, *, pixels: np.ndarray | None = None, pointer: int = 0, count: int = 0
+    ) -> Embeddings:
+        """A batch larger than every bucket: a plain run, graph id -1 (under the lock too: the
+        session's graph runs are not meant to overlap other runs)."""
+        binding = self._session.io_binding()
+        if pixels is not None:
+            binding.bind_cpu_input(self._pixels_name, pixels)
+        else:
+            shape = [count, *self._image_shape]
+            binding.bind_input(self._pixels_name, "cuda", self._device_id, np.uint8, shape, pointer)
+        binding.bind_output(self._output_name, "cuda", self._device_id)
+        with self._lock:
+            self._session.run_with_iobinding(binding, self._plain)
+        rows: Embeddings = np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return rows

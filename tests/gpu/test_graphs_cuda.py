@@ -1,0 +1,64 @@
+"""The image tower as CUDA graphs (`model.cuda_graphs`) on a real GPU: same embeddings as
+without graphs, for host and device pixels, across buckets and past the largest.
+
+Skipped without a CUDA GPU, as in CI; run on the GPU machine with `python -m pytest -q
+tests/gpu`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moderator.embed import load_model
+from moderator.embed.providers import cuda_device_count
+from moderator.embed.runtime import ClipRuntime
+
+pytestmark = pytest.mark.skipif(cuda_device_count() == 0, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[ClipRuntime, ClipRuntime]:
+    plain = load_model("demo", providers=["cuda"], max_batch=8)
+    graphs = load_model("demo", providers=["cuda"], max_batch=8, cuda_graphs=True)
+    return plain, graphs
+
+
+def _pixels(n: int, seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_host_pixels_give_the_plain_runs_embeddings(pair: tuple[ClipRuntime, ClipRuntime]) -> None:
+    plain, graphs = pair
+    assert graphs.info()["cuda_graphs"] is True
+    assert plain.info()["cuda_graphs"] is False
+    size = plain.image_size
+    # Sizes on and between buckets, one past the largest (no graph), then a small batch after
+    # a full one: the rows its bucket does not use still hold the full batch's pixels.
+    for n, seed in ((1, 0), (3, 1), (8, 2), (9, 3), (8, 4), (2, 5)):
+        pixels = _pixels(n, seed, size)
+        want = plain.encode_pixels(pixels)
+        got = graphs.encode_pixels(pixels)
+        assert got.shape == want.shape == (n, plain.embed_dim)
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"batch of {n}")
+
+
+def test_device_pixels_give_the_plain_runs_embeddings(
+    pair: tuple[ClipRuntime, ClipRuntime],
+) -> None:
+    pytest.importorskip("nvidia.nvimgcodec")
+    from moderator.bench.images import bench_images
+    from moderator.decode_gpu import GpuJpegDecoder
+
+    plain, graphs = pair
+    decoder = GpuJpegDecoder(plain.preprocess, device_id=0, max_batch=8)
+    try:
+        for n, seed in ((5, 11), (8, 12), (3, 13)):
+            jpegs = [b.data for b in bench_images(n, png_fraction=0.0, seed=seed)]
+            batch = decoder.fill(jpegs)
+            assert batch.count == n
+            want = plain.encode_device_pixels(batch)
+            got = graphs.encode_device_pixels(batch)  # copied into its bucket's own buffer
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"batch of {n}")
+    finally:
+        decoder.close()
