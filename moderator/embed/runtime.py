@@ -210,12 +210,9 @@ class ClipRuntime:
 
     def warm_up(self) -> None:
         """One tiny batch through each graph: CUDA/cuDNN set-up happens here, not on a request.
-        With CUDA graphs, every bucket's graph is captured here too."""
+        (CUDA graphs, if any, were captured when `load_model` built them.)"""
         size = self.image_size
-        if self._graphs is not None:
-            self._graphs.warm_up()
-        else:
-            self.encode_pixels(np.zeros((1, size, size, 3), np.uint8))
+        self.encode_pixels(np.zeros((1, size, size, 3), np.uint8))
         self.encode_texts(["warm up"])
 
     def _run(self, session: ort.InferenceSession, feeds: Mapping[str, NDArray[Any]]) -> Embeddings:
@@ -375,7 +372,7 @@ def load_model(
     `optimize=False` for it, or those nodes run on CUDA.
 
     `cuda_graphs` (CUDA provider only) replays the image tower as a CUDA graph per batch
-    bucket up to `max_batch` (`moderator.embed.graphs`), captured here. If capturing fails,
+    bucket up to `max_batch` (`moderator.embed.graphs`), all captured here. If that fails,
     the runtime logs a warning and runs without graphs.
     """
     directory = resolve_model_path(path)
@@ -432,7 +429,9 @@ def load_model(
             graphs=graphs,
         )
 
+    runtime = None
     if cuda_graphs and chosen[0].name == "cuda":
+        graphs = None
         try:
             vision = open_vision(cuda_graph=True)
             graphs = VisionGraphs(
@@ -444,18 +443,19 @@ def load_model(
                 pixels_name=PIXELS,
                 output_name=EMBEDDINGS,
             )
+            graphs.warm_up()  # the capture: where graphs fail if they are going to
             runtime = build(vision, graphs)
-            runtime.warm_up()
         except Exception as exc:  # ORT's capture errors have their own types
             log.warning(
                 "CUDA graphs failed; the image tower runs without them",
                 extra={"fields": {"error": str(exc)[:300]}},
             )
-            runtime = build(open_vision(cuda_graph=False), None)
-            runtime.warm_up()
-    else:
+            if graphs is not None:
+                graphs.close()
+            graphs = vision = None  # the failed session's memory goes before the next opens
+    if runtime is None:
         runtime = build(open_vision(cuda_graph=False), None)
-        runtime.warm_up()
+    runtime.warm_up()
     log.info(
         "model loaded",
         extra={"fields": {k: runtime.info()[k] for k in ("model_id", "provider", "precision")}},

@@ -62,3 +62,18 @@ def test_device_pixels_give_the_plain_runs_embeddings(
             np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"batch of {n}")
     finally:
         decoder.close()
+
+
+def test_callers_in_other_threads_replay_the_same_graphs(
+    pair: tuple[ClipRuntime, ClipRuntime],
+) -> None:
+    """ORT keeps CUDA graphs per thread; the runtime runs them all in one thread of its own,
+    so callers from the batcher's threads get the graphs captured at load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain, graphs = pair
+    pixels = [_pixels(n, 20 + n, plain.image_size) for n in (1, 2, 3, 4, 5, 6)]
+    with ThreadPoolExecutor(max_workers=3) as callers:
+        got = list(callers.map(graphs.encode_pixels, pixels))
+    for batch, rows in zip(pixels, got, strict=True):
+        np.testing.assert_allclose(rows, plain.encode_pixels(batch), atol=1e-5)
