@@ -19,7 +19,6 @@ import pytest
 from moderator.embed import load_model
 from moderator.embed import runtime as runtime_module
 from moderator.embed.graphs import VisionGraphs
-from moderator.embed.providers import Provider
 
 SIZE, DIM = 32, 32  # the tiny export's geometry
 
@@ -135,7 +134,7 @@ def test_every_run_happens_in_the_graphs_own_thread(session: ort.InferenceSessio
 
 
 def test_a_failed_capture_leaves_a_runtime_without_graphs(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, cuda_chosen: None
 ) -> None:
     """The CUDA provider is stood in for by the CPU one; the graphs' warm-up fails as a
     capture would, and `load_model` reopens the image tower without them."""
@@ -158,11 +157,6 @@ def test_a_failed_capture_leaves_a_runtime_without_graphs(
         def close(self) -> None:
             closed.append(True)
 
-    monkeypatch.setattr(
-        runtime_module,
-        "select_providers",
-        lambda *a, **k: [Provider("cuda", "CUDAExecutionProvider")],
-    )
     monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
     monkeypatch.setattr(runtime_module, "VisionGraphs", Failing)
     runtime = load_model(tiny_model, providers=("cuda",), cuda_graphs=True, attention="auto")

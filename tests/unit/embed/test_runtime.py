@@ -234,7 +234,7 @@ def test_attention_kernel_is_reported_only_for_gpus(tiny_model: Path) -> None:
 
 
 def test_load_model_hands_the_attention_kernel_to_the_cuda_provider(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, cuda_chosen: None
 ) -> None:
     """No GPU here: stand in for provider selection, record what the session is asked for."""
     asked: list[Any] = []
@@ -243,11 +243,6 @@ def test_load_model_hands_the_attention_kernel_to_the_cuda_provider(
         asked.append(kwargs["providers"])
         raise RuntimeError("recorded; no CUDA on this machine")
 
-    monkeypatch.setattr(
-        runtime_module,
-        "select_providers",
-        lambda *a, **k: [Provider("cuda", "CUDAExecutionProvider")],
-    )
     monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
     with pytest.raises(ModelError, match="recorded"):
         load_model(tiny_model, providers=("cuda",), device_id=2)
@@ -278,7 +273,7 @@ def test_cuda_graphs_asked_for_on_the_cpu_change_nothing(tiny_model: Path) -> No
 
 
 def test_load_model_asks_the_cuda_provider_for_graphs_on_the_image_tower_only(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, cuda_chosen: None
 ) -> None:
     """No GPU here: record the sessions asked for. The text tower opens on the CPU for real;
     the image tower cannot, so the graph attempt fails, `load_model` falls back to a plain
@@ -292,11 +287,6 @@ def test_load_model_asks_the_cuda_provider_for_graphs_on_the_image_tower_only(
             raise RuntimeError("recorded; no CUDA on this machine")
         return real_session(path, providers=["CPUExecutionProvider"])
 
-    monkeypatch.setattr(
-        runtime_module,
-        "select_providers",
-        lambda *a, **k: [Provider("cuda", "CUDAExecutionProvider")],
-    )
     monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
     with pytest.raises(ModelError, match="recorded"):
         load_model(tiny_model, providers=("cuda",), cuda_graphs=True, attention="auto")
