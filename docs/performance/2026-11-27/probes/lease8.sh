@@ -4,7 +4,8 @@
 #   gputest   tests/gpu and the GPU decoder's unit tests on this card
 #   graphs    cuda_graph_probe.py: ORT CUDA graphs per batch size (1-256) against serve's session
 #             (its batch 4, 32 and 256 ran at the seventh lease's very end: h200-7-cuda-graph-probe.json)
-#   model     bench model with and without --cuda-graphs (model.cuda_graphs), twice, same call
+#   model     bench model without and with --cuda-graphs (model.cuda_graphs), same call;
+#             ROUNDS (default "1 2") names the rounds, BATCHES (default 1,32,256) the sizes
 #   e2e       bench e2e, CPU decoding, 4 replicas on GPU 0, without and with model.cuda_graphs
 #   stall     GPU decoding, 4 replicas on GPU 0: bench e2e with the event loop's lag in its notes,
 #             and py-spy on two replicas through the half-load phase (all threads with idle
@@ -26,10 +27,10 @@ setup)
 gputest) bash $probes/lease5.sh gputest ;;
 graphs) python3 $probes/cuda_graph_probe.py 2>&1 | grep -v "$noise" | tail -6 ;;
 model)
-  for round in 1 2; do
+  for round in ${ROUNDS:-1 2}; do
     for graphs in no-cuda-graphs cuda-graphs; do
       log "bench model, --$graphs, round $round"
-      python3 -m moderator bench model --model b32 --precision fp16 --batch 1,32,256 \
+      python3 -m moderator bench model --model b32 --precision fp16 --batch "${BATCHES:-1,32,256}" \
         --pixels device --seconds 3 "--$graphs" --out "$OUT/model-b32-device-$graphs-$round.json" \
         2>&1 | grep -E "^ *(1|32|256) |ratio" | head -5
     done
