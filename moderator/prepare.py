@@ -15,15 +15,19 @@ Runs in worker processes: module-level, arguments and results picklable, errors 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+from PIL import Image
 
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.decode_gpu import gpu_eligible
 from moderator.events import ImageEvent, parse_event
 from moderator.types import Pixels
 
-__all__ = ["Prepared", "prepare_record"]
+__all__ = ["Prepared", "prepare_record", "warm_up_worker"]
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -58,3 +62,20 @@ def prepare_record(
     if keep_jpeg and gpu_eligible(data, spec):
         return Prepared(event, digest, None, data)
     return Prepared(event, digest, decode_image(data, spec))
+
+
+def warm_up_worker(spec: PreprocessSpec) -> int:
+    """A decode process's first JPEG and PNG decodes, run once per process when `serve` starts;
+    returns the process id.
+
+    Why: the pool starts its processes on demand, and a process's first decode loads codec
+    state. A fresh replica met both on its first events: at half load on an H100 host the first
+    second's events waited 1.2 s at the median (bench e2e, eighth lease).
+    """
+    side = 2 * spec.image_size  # past the crop size: the resize path runs too
+    warm = replace(spec, allowed_formats=frozenset({"JPEG", "PNG"}))  # whatever is allowed
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side * 3 // 4), (120, 90, 60)).save(buffer, fmt)
+        decode_image(buffer.getvalue(), warm)
+    return os.getpid()

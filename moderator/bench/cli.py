@@ -85,8 +85,10 @@ def model(
     ] = DEFAULT_ATTENTION,
     cuda_graphs: Annotated[
         bool,
-        typer.Option(help="Ours as a CUDA graph per batch bucket (model.cuda_graphs)."),
-    ] = False,
+        typer.Option(
+            help="Ours as a CUDA graph per batch bucket, as serve runs it (model.cuda_graphs)."
+        ),
+    ] = True,
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:

@@ -277,7 +277,7 @@ def run_model_bench(
     compile_mode: str = "default",
     pixels_on: str = "host",
     attention: str = DEFAULT_ATTENTION,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool = True,
     seed: int = 0,
     progress: Progress = _stderr,
 ) -> Report:

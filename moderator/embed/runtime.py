@@ -208,11 +208,20 @@ class ClipRuntime:
             "context_length": self.context_length,
         }
 
-    def warm_up(self) -> None:
-        """One tiny batch through each graph: CUDA/cuDNN set-up happens here, not on a request.
-        (CUDA graphs, if any, were captured when `load_model` built them.)"""
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Each first run now, not on a request: the text tower once, and the image tower at
+        every batch size up to `max_batch` on a GPU provider without CUDA graphs (with graphs,
+        `load_model` captured every bucket already; on the CPU one size stands for all).
+
+        Why every size: on CUDA a size's first run sets up kernels for that shape, and `serve`
+        meets sizes 1…max_batch as load varies. An H100 replica that had run only batch 1
+        took up to 250 ms for a later batch's first run (bench e2e, half load, eighth lease)."""
         size = self.image_size
-        self.encode_pixels(np.zeros((1, size, size, 3), np.uint8))
+        sizes = 1
+        if self._graphs is None and self.provider in _GPU_PROVIDERS:
+            sizes = max_batch
+        for count in range(1, sizes + 1):
+            self.encode_pixels(np.zeros((count, size, size, 3), np.uint8))
         self.encode_texts(["warm up"])
 
     def _run(self, session: ort.InferenceSession, feeds: Mapping[str, NDArray[Any]]) -> Embeddings:
@@ -455,7 +464,7 @@ def load_model(
             graphs = vision = None  # the failed session's memory goes before the next opens
     if runtime is None:
         runtime = build(open_vision(cuda_graph=False), None)
-    runtime.warm_up()
+    runtime.warm_up(max_batch)
     log.info(
         "model loaded",
         extra={"fields": {k: runtime.info()[k] for k in ("model_id", "provider", "precision")}},

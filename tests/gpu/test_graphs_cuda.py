@@ -24,6 +24,12 @@ def pair() -> tuple[ClipRuntime, ClipRuntime]:
     return plain, graphs
 
 
+# A graph runs its bucket's batch size, the plain run the batch's own, and CUDA picks GEMM
+# kernels by size: the same rows differ by up to ~8e-5 (H100, eighth lease). A row from the
+# wrong image, or a stale one, differs by ~1e-1.
+ATOL = 3e-4
+
+
 def _pixels(n: int, seed: int, size: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
@@ -40,7 +46,7 @@ def test_host_pixels_give_the_plain_runs_embeddings(pair: tuple[ClipRuntime, Cli
         want = plain.encode_pixels(pixels)
         got = graphs.encode_pixels(pixels)
         assert got.shape == want.shape == (n, plain.embed_dim)
-        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"batch of {n}")
+        np.testing.assert_allclose(got, want, atol=ATOL, err_msg=f"batch of {n}")
 
 
 def test_device_pixels_give_the_plain_runs_embeddings(
@@ -59,7 +65,7 @@ def test_device_pixels_give_the_plain_runs_embeddings(
             assert batch.count == n
             want = plain.encode_device_pixels(batch)
             got = graphs.encode_device_pixels(batch)  # copied into its bucket's own buffer
-            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"batch of {n}")
+            np.testing.assert_allclose(got, want, atol=ATOL, err_msg=f"batch of {n}")
     finally:
         decoder.close()
 
@@ -76,4 +82,4 @@ def test_callers_in_other_threads_replay_the_same_graphs(
     with ThreadPoolExecutor(max_workers=3) as callers:
         got = list(callers.map(graphs.encode_pixels, pixels))
     for batch, rows in zip(pixels, got, strict=True):
-        np.testing.assert_allclose(rows, plain.encode_pixels(batch), atol=1e-5)
+        np.testing.assert_allclose(rows, plain.encode_pixels(batch), atol=ATOL)

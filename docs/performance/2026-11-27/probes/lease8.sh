@@ -11,11 +11,14 @@
 #             and py-spy on two replicas through the half-load phase (all threads with idle
 #             frames on one, the GIL holder on the other): what the batch worker and the loop
 #             do while the batcher's queue fills (docs/performance.md, seventh lease)
+#   warm      after the decode pool's and the model's warm-up at start (serve's first events had
+#             met them, the first 2-4 s of every half-load phase above): 4 replicas on GPU 0
+#             with the defaults (model.cuda_graphs now on), CPU decoding, then GPU decoding
 # Carries as in lease6.sh (.device/tools with the fifth onnxruntime-gpu part).
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
 export PATH=/root/jre/bin:$PATH
-step=${1:?setup|gputest|graphs|model|e2e|stall}
+step=${1:?setup|gputest|graphs|model|e2e|stall|warm}
 probes=docs/performance/2026-11-27/probes
 noise="onnxruntime:Default\|^\[\|nvjpeg2k\|nvTIFF\|nvtiff\|nvJPEG2000"
 log() { echo "== $(date +%T) $*"; }
@@ -61,5 +64,14 @@ stall)
   /root/site/bin/py-spy record -d 14 -r 100 -p "$2" -f raw --threads --gil --nonblocking -o "$OUT/pyspy-stall-gil.txt" 2>&1 | tail -2
   wait $bench
   grep -E "^ours |slowest tenth|per batch|loop lag|per second" "$OUT/e2e-stall.log"
+  ;;
+warm)
+  for decode in off on; do
+    log "4 replicas on GPU 0, defaults, pipeline.gpu_decode=$decode"
+    python3 -m moderator bench e2e --model b32 --precision fp16 --unique 64 --producers 4 \
+      --duration 10 --partitions 16 --service-env "MODERATOR_PIPELINE__GPU_DECODE=$decode" \
+      --peer none --timeout 90 --events 16000 --replicas 4 --replica-devices 0 \
+      --out "$OUT/e2e-r4-d0-gpudecode-$decode-warm.json" 2>&1 | grep -E "^ours |per batch|per second|loop lag" | head -6
+  done
   ;;
 esac
