@@ -6,8 +6,10 @@ import base64
 import hashlib
 import io
 import json
+import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from functools import partial
 from multiprocessing import get_context
 
@@ -15,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moderator.decode import PreprocessSpec, decode_image
+from moderator import prepare as prepare_module
+from moderator.decode import PreprocessSpec, decode_image, image_format
 from moderator.errors import DecodeError, EventError, TooLarge, UnsupportedFormat
-from moderator.prepare import prepare_record
+from moderator.prepare import prepare_record, warm_up_worker
 
 SPEC = PreprocessSpec.for_model(32, 32)
 
@@ -109,3 +112,19 @@ def test_keep_jpeg_leaves_a_gpu_fit_jpeg_undecoded_and_decodes_the_rest() -> Non
     assert decoded.jpeg is None
     assert decoded.pixels is not None
     np.testing.assert_array_equal(decoded.pixels, decode_image(png, spec))
+
+
+def test_worker_warm_up_decodes_a_jpeg_and_a_png_whatever_the_policy_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both decoders' first runs happen at start even where `allowed_formats` would refuse
+    them, through the real `decode_image`."""
+    seen: list[str | None] = []
+
+    def decode(data: bytes, spec: PreprocessSpec) -> np.ndarray:
+        seen.append(image_format(data))
+        return decode_image(data, spec)
+
+    monkeypatch.setattr(prepare_module, "decode_image", decode)
+    assert warm_up_worker(replace(SPEC, allowed_formats=frozenset({"WEBP"}))) == os.getpid()
+    assert seen == ["JPEG", "PNG"]

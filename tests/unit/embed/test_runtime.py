@@ -296,3 +296,23 @@ def test_load_model_asks_the_cuda_provider_for_graphs_on_the_image_tower_only(
         ("vision.onnx", graphs),  # the graph attempt fails ...
         ("vision.onnx", {"device_id": "0"}),  # ... and the plain session is tried after it
     ]
+
+
+def test_warm_up_runs_every_batch_size_only_on_a_gpu_without_graphs(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch size's first CUDA run sets up its kernels; `serve` meets every size up to
+    `max_batch`. With graphs every bucket was captured at load; on the CPU one size will do."""
+    runtime = load_model(tiny_model, providers=("cpu",))
+    sizes: list[int] = []
+    monkeypatch.setattr(runtime, "encode_pixels", lambda pixels: sizes.append(len(pixels)))
+    runtime.warm_up(4)
+    assert sizes == [1]
+    monkeypatch.setattr(ClipRuntime, "provider", property(lambda self: "cuda"))
+    sizes.clear()
+    runtime.warm_up(4)
+    assert sizes == [1, 2, 3, 4]
+    monkeypatch.setattr(runtime, "_graphs", object())  # stands for graphs captured at load
+    sizes.clear()
+    runtime.warm_up(4)
+    assert sizes == [1]

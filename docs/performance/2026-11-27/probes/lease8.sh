@@ -14,6 +14,13 @@
 #   warm      after the decode pool's and the model's warm-up at start (serve's first events had
 #             met them, the first 2-4 s of every half-load phase above): 4 replicas on GPU 0
 #             with the defaults (model.cuda_graphs now on), CPU decoding, then GPU decoding
+# As run (2026-11-28), on two machines of the 2×H100 kind (Intel Xeon, 32 cores), one after the other
+# (JSON in docs/performance/2026-11-28/, h100x2-8-…):
+#   A (commit 9ce96dc): setup, gputest (2 failures: the graphs test's tolerance), ROUNDS=1 model,
+#     e2e, stall (py-spy did not run: no /root/site/bin/py-spy), ROUNDS=2 model
+#   B (7f41cef: the decode pool's and the batch sizes' warm-ups, graphs on by default): setup,
+#     gputest (28 passed), warm, then lease5.sh cpu4's naive command with --events 12000
+#     (→ -cpudecode-naive-warm), lease6.sh gpu2, ROUNDS=3 BATCHES=256 model
 # Carries as in lease6.sh (.device/tools with the fifth onnxruntime-gpu part).
 set -uo pipefail
 export PYTHONPATH=/root/site:$PWD
