@@ -32,7 +32,9 @@ log() { echo "== $(date +%T) $*"; }
 case $step in
 setup)
   bash $probes/lease6.sh setup
-  [ -x /root/site/bin/py-spy ] || python3 -m pip install -q --no-deps --target /root/site /root/w/tools/py_spy-*.whl
+  # Its own target: pip --target leaves an existing bin/ as it is ("already exists"), so
+  # /root/site/bin never got py-spy at the eighth lease.
+  [ -x /root/pyspy/bin/py-spy ] || python3 -m pip install -q --no-deps --target /root/pyspy /root/w/tools/py_spy-*.whl
   ;;
 gputest) bash $probes/lease5.sh gputest ;;
 graphs) python3 $probes/cuda_graph_probe.py 2>&1 | grep -v "$noise" | tail -6 ;;
@@ -67,8 +69,8 @@ stall)
   done
   set -- $(pgrep -f "moderator serve" | head -2)
   log "half load: recording replicas $1 (all threads) and $2 (GIL holder)"
-  /root/site/bin/py-spy record -d 14 -r 100 -p "$1" -f raw --threads --idle --nonblocking -o "$OUT/pyspy-stall-all.txt" > /dev/null 2>&1 &
-  /root/site/bin/py-spy record -d 14 -r 100 -p "$2" -f raw --threads --gil --nonblocking -o "$OUT/pyspy-stall-gil.txt" 2>&1 | tail -2
+  /root/pyspy/bin/py-spy record -d 14 -r 100 -p "$1" -f raw --threads --idle --nonblocking -o "$OUT/pyspy-stall-all.txt" > /dev/null 2>&1 &
+  /root/pyspy/bin/py-spy record -d 14 -r 100 -p "$2" -f raw --threads --gil --nonblocking -o "$OUT/pyspy-stall-gil.txt" 2>&1 | tail -2
   wait $bench
   grep -E "^ours |slowest tenth|per batch|loop lag|per second" "$OUT/e2e-stall.log"
   ;;
