@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any, Final
 
 from PIL import Image
 
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.decode_gpu import gpu_eligible
+from moderator.errors import ModeratorError
 from moderator.events import ImageEvent, parse_event
 from moderator.types import Pixels
 
-__all__ = ["Prepared", "prepare_record", "warm_up_worker"]
+__all__ = ["Prepared", "prepare_record", "start_pool", "warm_up_worker"]
+
+_WARM: Final = frozenset({"JPEG", "PNG"})
+_START_TIMEOUT_S: Final = 120.0  # every process started and warmed within this
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -64,18 +71,53 @@ def prepare_record(
     return Prepared(event, digest, decode_image(data, spec))
 
 
-def warm_up_worker(spec: PreprocessSpec) -> int:
-    """A decode process's first JPEG and PNG decodes, run once per process when `serve` starts;
-    returns the process id.
+def start_pool(workers: int, spec: PreprocessSpec) -> ProcessPoolExecutor:
+    """A pool of `workers` decode processes, every one started and past its first JPEG and
+    PNG decode; blocks (~1 s for 64). Raises `ModeratorError` if one fails.
 
-    Why: the pool starts its processes on demand, and a process's first decode loads codec
-    state. A fresh replica met both on its first events: at half load on an H100 host the first
-    second's events waited 1.2 s at the median (bench e2e, eighth lease).
+    Why: the pool starts processes only on demand, so a fresh replica used to start them, and
+    run their first decodes, while its first events waited (docs/performance.md, eighth
+    lease). One warm-up task per process, each held at a barrier until all have one: no
+    process is idle before the last has started, so none takes two.
     """
-    side = 2 * spec.image_size  # past the crop size: the resize path runs too
-    warm = replace(spec, allowed_formats=frozenset({"JPEG", "PNG"}))  # whatever is allowed
-    for fmt in ("JPEG", "PNG"):
+    # forkserver: forking a process that already runs ORT and aiokafka threads is unsafe.
+    # The server imports the decode path once; each process forks with it loaded.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    barrier = context.Barrier(workers)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_keep, initargs=(barrier,)
+    )
+    try:
+        futures = [pool.submit(warm_up_worker, spec) for _ in range(workers)]
+        started = {future.result() for future in futures}
+    except Exception as exc:  # a worker's error, a dead worker, the barrier's timeout
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise ModeratorError(f"the decode processes failed to start: {exc!r}") from exc
+    if len(started) != workers:  # the barrier makes this impossible; say so if it happens
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise ModeratorError(f"{len(started)} of {workers} decode processes started")
+    return pool
+
+
+_barrier: Any = None  # set in each pool process by `start_pool`'s initializer
+
+
+def _keep(barrier: Any) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def warm_up_worker(spec: PreprocessSpec) -> int:
+    """A decode process's first JPEG and PNG decodes; then, in a `start_pool` process, waits
+    for the pool's other processes. Returns the process id."""
+    # The model's geometry, default limits: the operator's may refuse a warm-up image.
+    warm = PreprocessSpec(spec.image_size, spec.resize_shortest_edge, allowed_formats=_WARM)
+    side = 2 * spec.image_size  # past the crop size: the resize runs too
+    for fmt in sorted(_WARM):
         buffer = io.BytesIO()
         Image.new("RGB", (side, side * 3 // 4), (120, 90, 60)).save(buffer, fmt)
         decode_image(buffer.getvalue(), warm)
+    if _barrier is not None:
+        _barrier.wait(_START_TIMEOUT_S)
     return os.getpid()

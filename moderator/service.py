@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import multiprocessing
 import os
 import signal
 import time
@@ -46,7 +45,7 @@ from moderator.log import configure, get
 from moderator.metrics import Metrics
 from moderator.offsets import OffsetTracker
 from moderator.policy.reload import PolicyReloader
-from moderator.prepare import prepare_record, warm_up_worker
+from moderator.prepare import prepare_record, start_pool
 from moderator.publish import Publisher, dlq_headers, verdict_headers
 from moderator.settings import Settings, load_settings, unknown_env_vars
 from moderator.types import Pixels
@@ -190,12 +189,12 @@ class Service:
         )
         await self._reloader.start()
         workers = s.pipeline.decode_workers or os.cpu_count() or 1
-        # forkserver: forking a process that already runs ORT and aiokafka threads is unsafe.
-        # The server imports the decode path once, and each process forks with it loaded.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["moderator.prepare"])
-        self._decode_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-        await self._warm_decode_pool(workers)
+        t = time.monotonic()
+        self._decode_pool = await asyncio.to_thread(start_pool, workers, self._spec)
+        log.info(
+            "decode processes started",
+            extra={"fields": {"processes": workers, "seconds": round(time.monotonic() - t, 2)}},
+        )
         self._fetcher = Fetcher(FetchPolicy.from_settings(s.pipeline))
         # Off the loop: building and warming a decoder takes about a second.
         await asyncio.to_thread(self._open_gpu_decoders)
@@ -237,35 +236,6 @@ class Service:
                     "model": primary.model_id,
                     "provider": primary.provider,
                     "policy": self._reloader.current.version,
-                }
-            },
-        )
-
-    async def _warm_decode_pool(self, workers: int) -> None:
-        """Start every decode process and run its first decodes before the service is ready.
-
-        Why: the pool starts a process only when work finds none idle, so a fresh replica
-        started its processes, and ran their first decodes, while its first events waited
-        (half load on an H100 host: 1.2 s median latency in the first second, eighth lease).
-        One task per process, all submitted at once: none is idle yet, so each starts one.
-        """
-        assert self._decode_pool is not None
-        assert self._spec is not None
-        t = time.monotonic()
-        loop = asyncio.get_running_loop()
-        pids = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decode_pool, warm_up_worker, self._spec)
-                for _ in range(workers)
-            )
-        )
-        log.info(
-            "decode processes started",
-            extra={
-                "fields": {
-                    "processes": workers,
-                    "warmed": len(set(pids)),
-                    "seconds": round(time.monotonic() - t, 2),
                 }
             },
         )

@@ -209,13 +209,10 @@ class ClipRuntime:
         }
 
     def warm_up(self, max_batch: int = 1) -> None:
-        """Each first run now, not on a request: the text tower once, and the image tower at
-        every batch size up to `max_batch` on a GPU provider without CUDA graphs (with graphs,
-        `load_model` captured every bucket already; on the CPU one size stands for all).
-
-        Why every size: on CUDA a size's first run sets up kernels for that shape, and `serve`
-        meets sizes 1…max_batch as load varies. An H100 replica that had run only batch 1
-        took up to 250 ms for a later batch's first run (bench e2e, half load, eighth lease)."""
+        """First runs now, not on a request: the text tower once; the image tower at every
+        batch size up to `max_batch` on a GPU without CUDA graphs, since CUDA sets up kernels
+        per shape and `serve` meets every size (graphs captured their buckets at load; on the
+        CPU one size stands for all)."""
         size = self.image_size
         sizes = 1
         if self._graphs is None and self.provider in _GPU_PROVIDERS:

@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from functools import partial
 from multiprocessing import get_context
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from PIL import Image
 
 from moderator import prepare as prepare_module
 from moderator.decode import PreprocessSpec, decode_image, image_format
-from moderator.errors import DecodeError, EventError, TooLarge, UnsupportedFormat
-from moderator.prepare import prepare_record, warm_up_worker
+from moderator.errors import DecodeError, EventError, ModeratorError, TooLarge, UnsupportedFormat
+from moderator.prepare import prepare_record, start_pool, warm_up_worker
 
 SPEC = PreprocessSpec.for_model(32, 32)
 
@@ -114,11 +115,11 @@ def test_keep_jpeg_leaves_a_gpu_fit_jpeg_undecoded_and_decodes_the_rest() -> Non
     np.testing.assert_array_equal(decoded.pixels, decode_image(png, spec))
 
 
-def test_worker_warm_up_decodes_a_jpeg_and_a_png_whatever_the_policy_allows(
+def test_worker_warm_up_decodes_a_jpeg_and_a_png_whatever_the_operator_allows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Both decoders' first runs happen at start even where `allowed_formats` would refuse
-    them, through the real `decode_image`."""
+    """Both decoders' first runs happen at start, through the real `decode_image`, even where
+    the operator's formats or pixel limit would refuse the warm-up images."""
     seen: list[str | None] = []
 
     def decode(data: bytes, spec: PreprocessSpec) -> np.ndarray:
@@ -126,5 +127,25 @@ def test_worker_warm_up_decodes_a_jpeg_and_a_png_whatever_the_policy_allows(
         return decode_image(data, spec)
 
     monkeypatch.setattr(prepare_module, "decode_image", decode)
-    assert warm_up_worker(replace(SPEC, allowed_formats=frozenset({"WEBP"}))) == os.getpid()
+    strict = replace(SPEC, allowed_formats=frozenset({"WEBP"}), max_pixels=100, max_bytes=100)
+    assert warm_up_worker(strict) == os.getpid()
     assert seen == ["JPEG", "PNG"]
+
+
+def test_start_pool_starts_every_process_before_it_returns() -> None:
+    """On demand, a pool starts a process only when work finds none idle, and a quick warm-up
+    frees one before the next is started; the barrier makes each process take one."""
+    pool = start_pool(6, SPEC)
+    try:
+        assert len(pool._processes) == 6  # CPython's record of the processes it started
+        pids = {pool.submit(os.getpid).result() for _ in range(12)}
+        assert pids <= set(pool._processes)
+    finally:
+        pool.shutdown()
+
+
+def test_a_pool_whose_warm_up_fails_is_shut_down_with_the_reason() -> None:
+    # No image_size: every process fails its warm-up, before the barrier.
+    broken = SimpleNamespace(image_size=0, resize_shortest_edge=0)
+    with pytest.raises(ModeratorError, match="decode processes failed to start: ConfigError.*image_size"):
+        start_pool(2, broken)  # type: ignore[arg-type]

@@ -122,25 +122,3 @@ def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
     with pytest.raises(ConfigError, match="failed its warm-up: no engine"):
         _service_on([_Runtime()], "on")._open_gpu_decoders()
     assert closed == [True, True]
-
-
-def test_every_decode_process_is_started_before_the_first_event(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The pool starts a process only when work finds none idle; `serve` submits one warm-up
-    per process at once, so all of them start (and decode once) while it is not yet ready."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    service = _service_on([], "off")
-    pool = ProcessPoolExecutor(max_workers=3, mp_context=multiprocessing.get_context("forkserver"))
-    service._decode_pool = pool
-    try:
-        with caplog.at_level(logging.INFO, logger="moderator"):
-            asyncio.run(service._warm_decode_pool(3))
-        assert len(pool._processes) == 3  # CPython's record of the processes it started
-        started = [r for r in caplog.records if r.getMessage() == "decode processes started"]
-        assert started, "the warm-up is logged"
-        assert started[0].fields["processes"] == 3  # type: ignore[attr-defined]
-    finally:
-        pool.shutdown()
