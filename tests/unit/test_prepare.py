@@ -147,5 +147,6 @@ def test_start_pool_starts_every_process_before_it_returns() -> None:
 def test_a_pool_whose_warm_up_fails_is_shut_down_with_the_reason() -> None:
     # No image_size: every process fails its warm-up, before the barrier.
     broken = SimpleNamespace(image_size=0, resize_shortest_edge=0)
-    with pytest.raises(ModeratorError, match="decode processes failed to start: ConfigError.*image_size"):
+    failed = r"decode processes failed to start: ConfigError\('image_size must be at least 1"
+    with pytest.raises(ModeratorError, match=failed):
         start_pool(2, broken)  # type: ignore[arg-type]
