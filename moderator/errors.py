@@ -8,7 +8,9 @@
     │   └── TooLarge                body over the byte limit               → too_large
     ├── DecodeError                 bytes are not a usable image           → decode_error
     │   ├── UnsupportedFormat       a format outside the allowlist         → unsupported_format
-    │   └── DecompressionBomb       declared pixels over the limit         → decompression_bomb
+    │   ├── DecompressionBomb       declared pixels over the limit         → decompression_bomb
+    │   └── DecodeCrashed           the decode process died on it, twice   → decode_crashed
+    ├── InvalidEmbedding            NaN or Inf in an embedding             → invalid_embedding
     ├── ModelError                  model directory missing, corrupt or mismatched
     ├── TextTooLong                 a prompt over the model's context length
     └── PolicyError                 a policy file that does not validate
@@ -33,6 +35,8 @@ class Reason(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     DECOMPRESSION_BOMB = "decompression_bomb"
     INTERNAL_ERROR = "internal_error"
+    DECODE_CRASHED = "decode_crashed"
+    INVALID_EMBEDDING = "invalid_embedding"
 
 
 class ModeratorError(Exception):
@@ -77,6 +81,18 @@ class UnsupportedFormat(DecodeError):
 
 class DecompressionBomb(DecodeError):
     reason = Reason.DECOMPRESSION_BOMB
+
+
+class DecodeCrashed(DecodeError):
+    """The decode process died while holding the image, on its retry too."""
+
+    reason = Reason.DECODE_CRASHED
+
+
+class InvalidEmbedding(ModeratorError):
+    """An embedding (fresh or cached) holds NaN or Inf: scoring it could only guess."""
+
+    reason = Reason.INVALID_EMBEDDING
 
 
 class ModelError(ModeratorError):
