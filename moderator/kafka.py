@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from moderator import kafka_records
 from moderator.errors import ConfigError
 from moderator.log import get
 from moderator.settings import KafkaSettings
@@ -50,7 +51,9 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def make_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
-    """A group consumer with auto-commit off: offsets are committed only after acks."""
+    """A group consumer with auto-commit off: offsets are committed only after acks. Fetched
+    batches are read by `kafka_records`, so no record's bytes can stop it."""
+    kafka_records.install()
     options = _common(settings) | {
         "group_id": settings.group_id,
         "enable_auto_commit": False,

@@ -1,0 +1,132 @@
+"""Fetched batches whose records aiokafka's reader refuses are still read, record by record."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from aiokafka.consumer import fetcher
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moderator import kafka_records
+from moderator.kafka_records import LenientMemoryRecords, read_batch
+
+
+class _RawName(str):
+    """A header name whose encoded form is whatever bytes the test wants on the wire."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _RawName:
+        name = super().__new__(cls, "placeholder")
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+Record = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
+
+
+def _batch(base_offset: int, records: list[Record], compression: int = 0) -> bytes:
+    builder = _DefaultRecordBatchBuilderPy(
+        magic=2,
+        compression_type=compression,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 24,
+    )
+    for delta, (key, value, headers) in enumerate(records):
+        named = [(_RawName(name), header_value) for name, header_value in headers]
+        builder.append(
+            delta, timestamp=1_700_000_000_000 + delta, key=key, value=value, headers=named
+        )
+    raw = bytearray(builder.build())
+    struct.pack_into(">q", raw, 0, base_offset)  # the broker assigns offsets; so does the test
+    return bytes(raw)
+
+
+def _read_all(
+    data: bytes,
+) -> list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]]:
+    records = LenientMemoryRecords(data)
+    out = []
+    while records.has_next():
+        batch = records.next_batch()
+        assert batch.validate_crc()
+        out += [(r.offset, r.key, r.value, list(r.headers)) for r in batch]
+    return out
+
+
+def test_a_non_utf8_header_name_does_not_hide_its_batch() -> None:
+    good = [(b"a", b"1")]
+    data = _batch(
+        10, [(b"k0", b"v0", good), (b"k1", b"v1", [(b"\xff\xfe", None)]), (b"k2", b"v2", good)]
+    )
+    data += _batch(13, [(None, b"v3", [])])
+    read = _read_all(data)
+    assert [r[0] for r in read] == [10, 11, 12, 13]  # nothing skipped, nothing twice
+    assert read[1][3] == [("\udcff\udcfe", None)]
+    assert read[1][3][0][0].encode("utf-8", "surrogateescape") == b"\xff\xfe"
+    assert read[2][1:] == (b"k2", b"v2", [("a", b"1")])
+    assert read[3][1] is None
+
+
+def test_aiokafkas_reader_alone_fails_on_the_same_batch() -> None:
+    """The premise: without this module the record stops the consumer."""
+    from aiokafka.record.memory_records import MemoryRecords
+
+    records = MemoryRecords(_batch(0, [(b"k", b"v", [(b"\x80", b"x")])]))
+    batch = records.next_batch()
+    assert batch is not None
+    with pytest.raises((UnicodeDecodeError, CorruptRecordException)):
+        list(batch)
+
+
+def test_compressed_batches_are_read_too() -> None:
+    records = [(b"k%d" % i, b"x" * 5000, [(b"\xc3\x28", b"v")]) for i in range(3)]
+    read = _read_all(_batch(0, records, compression=1))  # gzip
+    assert [(r[0], r[2]) for r in read] == [(i, b"x" * 5000) for i in range(3)]
+
+
+def test_a_batch_truncated_inside_a_record_is_refused() -> None:
+    data = _batch(0, [(b"k", b"v" * 100, [])])
+    with pytest.raises(CorruptRecordException):
+        list(read_batch(data[:-50]))
+
+
+def test_install_replaces_the_fetchers_reader() -> None:
+    kafka_records.install()
+    assert fetcher.MemoryRecords is LenientMemoryRecords
+
+
+_names = st.binary(max_size=40)
+_values = st.none() | st.binary(max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.none() | st.binary(max_size=30),
+            _values,
+            st.lists(st.tuples(_names, _values), max_size=4),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_header_bytes_come_back_exactly(records: list[Record]) -> None:
+    read = _read_all(_batch(100, records))
+    assert [r[0] for r in read] == list(range(100, 100 + len(records)))
+    for (key, value, headers), (_offset, got_key, got_value, got_headers) in zip(
+        records, read, strict=True
+    ):
+        assert (got_key, got_value) == (key, value)
+        assert [(n.encode("utf-8", "surrogateescape"), v) for n, v in got_headers] == headers
