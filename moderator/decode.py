@@ -45,7 +45,7 @@ from moderator.errors import (
     UnsupportedFormat,
 )
 
-__all__ = ["PreprocessSpec", "decode_image", "image_format"]
+__all__ = ["PREPROCESS_VERSION", "PreprocessSpec", "decode_image", "image_format"]
 
 DEFAULT_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
@@ -90,6 +90,14 @@ _EXIF_ORIENTATION_TAG: Final = 0x0112
 _WIDE_GREY: Final = frozenset(
     {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS", "I;16NS"}
 )
+
+
+PREPROCESS_VERSION: Final = 1
+"""Names what `decode_image` makes of a given image under a given `PreprocessSpec`.
+
+Image embeddings are cached under it (`moderator.policy.cache.image_namespace`), so bump it
+whenever a change to decoding, resizing, cropping, compositing or normalisation changes any
+output pixel: vectors from the old pixels then stop being served to the new code."""
 
 
 @dataclass(frozen=True, slots=True)
