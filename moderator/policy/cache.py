@@ -2,8 +2,13 @@
 
 A policy reload usually changes one prompt; embedding only what changed keeps reloads fast on a
 busy GPU. Entries are keyed by content: the namespace names the kind and the model
-(`txt:<model sha256>`, `img:<model sha256>`) and the key is the sha256 of the text or image
-bytes, so a new model or an edited prompt can never be served a stale vector.
+(`txt:<model sha256>`; `img:<model sha256>:<preprocessing digest>`, see `image_namespace`) and
+the key is the sha256 of the text or image bytes, so a new model, other preprocessing or an
+edited prompt can never be served a stale vector.
+
+A cache is told the dimension of what it stores (`dim`); entries are then checked on the way
+out (`embedding_problem`): whatever another writer, a truncated write or a corrupted store left
+there reads as a miss, never as an embedding and never as an error.
 
 `moderator.cache.RedisEmbeddingCache` is the shared implementation used in production; the
 in-memory one here serves tests and one-shot CLI runs.
@@ -15,13 +20,18 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from moderator.decode import PREPROCESS_VERSION, PreprocessSpec
+
 TEXT_KIND = "txt"
 IMAGE_KIND = "img"
+UNIT_NORM_TOLERANCE: Final = 1e-2
+"""How far a cached embedding's L2 norm may be from 1: fp16 rounding moves it by about 1e-3."""
+_PREPROCESS_HEX = 12
 
 
 class EmbeddingCache(Protocol):
@@ -41,6 +51,37 @@ def namespace(kind: str, model_sha256: str) -> str:
     return f"{kind}:{model_sha256}"
 
 
+def image_namespace(model_sha256: str, spec: PreprocessSpec) -> str:
+    """`img:<sha>:<digest>`: an image's vector depends on the pixels the model saw, so the
+    preprocessing that made them (version, crop size, resize rule) is part of the namespace.
+
+    Byte and pixel limits and allowed formats are left out: they decide whether an image is
+    refused, never what an accepted one becomes.
+    """
+    identity = f"v{PREPROCESS_VERSION}:size={spec.image_size}:edge={spec.resize_shortest_edge}"
+    digest = hashlib.sha256(identity.encode("ascii")).hexdigest()[:_PREPROCESS_HEX]
+    return f"{IMAGE_KIND}:{model_sha256}:{digest}"
+
+
+def embedding_problem(vector: NDArray[np.float32], dim: int | None) -> str | None:
+    """Why `vector` cannot be served as a cached embedding, or None when it can.
+
+    With `dim` it must be a unit vector of exactly `dim` finite values (model embeddings are
+    L2-normalized); without it (tests, tools) any non-empty finite vector passes.
+    """
+    if vector.ndim != 1 or vector.shape[0] == 0:
+        return f"has shape {vector.shape}, not a vector"
+    if dim is not None and vector.shape[0] != dim:
+        return f"has {vector.shape[0]} values, expected {dim}"
+    if not np.isfinite(vector).all():
+        return "holds NaN or Inf"
+    if dim is not None:
+        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        if not abs(norm - 1.0) < UNIT_NORM_TOLERANCE:
+            return f"has norm {norm:.4g}, not 1"
+    return None
+
+
 def content_key(data: str | bytes) -> str:
     """sha256 hex of a text (UTF-8) or of raw image bytes."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -48,18 +89,28 @@ def content_key(data: str | bytes) -> str:
 
 
 class MemoryEmbeddingCache:
-    """An EmbeddingCache in a dict: bounded, with TTLs, and counting hits for tests and reports."""
+    """An EmbeddingCache in a dict: bounded, with TTLs, and counting hits for tests and reports.
+
+    It checks entries on the way out as the Redis one does (`dim`, `embedding_problem`), so a
+    test or tool sees the same misses production would.
+    """
 
     def __init__(
-        self, max_items: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        max_items: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        dim: int | None = None,
     ) -> None:
         # The bound only matters when this cache is (mis)used for image traffic; policy texts
         # number in the hundreds.
         self._items: OrderedDict[tuple[str, str], tuple[float, NDArray[np.float32]]] = OrderedDict()
         self._max_items = max_items
         self._clock = clock
+        self._dim = dim
         self.hits = 0
         self.misses = 0
+        self.invalid = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -73,6 +124,10 @@ class MemoryEmbeddingCache:
                 if entry is not None:
                     del self._items[(namespace, key)]
                 self.misses += 1
+                out.append(None)
+            elif embedding_problem(entry[1], self._dim) is not None:
+                del self._items[(namespace, key)]
+                self.invalid += 1
                 out.append(None)
             else:
                 self._items.move_to_end((namespace, key))
