@@ -189,7 +189,9 @@ def _load(model: str, progress: Progress) -> _Checkpoint:
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ModelError(f"{directory}: the tokenizer has no fast (tokenizers) version")
     try:
-        processor = AutoImageProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+        # Untyped in some transformers releases, typed in others: a plain callable suits both.
+        load_processor: Callable[..., Any] = AutoImageProcessor.from_pretrained
+        processor = load_processor(directory)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{directory}: cannot load the image processor ({exc})") from exc
     return _Checkpoint(clip, tokenizer, processor, source, model_id)
