@@ -15,6 +15,8 @@
     ├── TextTooLong                 a prompt over the model's context length
     └── PolicyError                 a policy file that does not validate
 
+    PublishFailed (not a ModeratorError) the broker refused a send: never dead-lettered
+
 Pipeline errors carry a stable `reason` (a `Reason`), which is what lands in the DLQ
 `x-error-reason` header: consumers of the DLQ switch on it, so its values never change.
 """
@@ -37,6 +39,11 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     DECODE_CRASHED = "decode_crashed"
     INVALID_EMBEDDING = "invalid_embedding"
+
+
+class PublishFailed(Exception):
+    """The broker did not take a verdict or dead letter. Not the event's fault: the event is
+    left uncommitted, to be answered again."""
 
 
 class ModeratorError(Exception):

@@ -127,6 +127,25 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.decode_pool_replaced = Counter(
+            "moderator_decode_pool_replaced",
+            "Decode pools replaced after a process died (main: the serving pool; quarantine: "
+            "the one-process pool that retries the events a death interrupted).",
+            ["pool"],
+            registry=r,
+        )
+        self.verdicts_truncated = Counter(
+            "moderator_verdicts_truncated",
+            "Verdicts published without their echoed fields (metadata, source): with them they "
+            "were over the verdict topic's max.message.bytes.",
+            registry=r,
+        )
+        self.unknown_surfaces = Counter(
+            "moderator_unknown_surfaces",
+            "Events from a surface no concept of the policy names; every concept applies to "
+            "them (as to events without a surface).",
+            registry=r,
+        )
         self.ready = Gauge("moderator_ready", "1 when /readyz answers ready.", registry=r)
         self.commits = Counter(
             "moderator_offset_commits",

@@ -6,25 +6,59 @@ At-least-once, in three steps for every consumed record:
   3. only then mark its offset finished; the commit loop commits the contiguous prefix.
 A crash between 1 and 3 re-delivers the event, so a verdict may repeat (same id, same
 decision for the same policy), but no event goes unanswered. docs/delivery.md has the cases.
+
+Every record is checked before it is sent. A record over its topic's `max.message.bytes` is
+refused by the broker, and with idempotence on that refusal leaves the producer failing every
+later send to the partition; so a verdict that would be too large loses its echoed fields
+(`metadata`, `source`) and says so in `truncated`, and a dead letter that would be too large
+loses the original key, value and headers. NaN and Inf never reach JSON (`allow_nan=False`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
-from moderator.errors import Reason
+from moderator import kafka
+from moderator.errors import PublishFailed, Reason
 
 Headers = list[tuple[str, bytes]]
+InHeaders = Sequence[tuple[str, bytes | None]]
 _DETAIL_LIMIT = 1000  # header values stay small; the detail is for humans, the reason for code
+_DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must lose its payload
+# Upper bound of what Kafka adds around one record: batch header (61 bytes), record framing
+# (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
+_BATCH_OVERHEAD = 96
+_HEADER_OVERHEAD = 10
+_ECHOED = ("metadata", "source")  # verdict fields copied from the event, dropped when too large
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def text_bytes(text: str) -> bytes:
+    """UTF-8 of any str: lone surrogates (from non-UTF-8 header names read leniently) come
+    back as the bytes they stood for, others as U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
+
+
+def safe_name(name: str) -> str:
+    """A header name aiokafka can send: non-UTF-8 bytes shown as backslash escapes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
 
 
 def verdict_headers(policy_version: str, model_sha256: str) -> Headers:
@@ -36,7 +70,7 @@ def verdict_headers(policy_version: str, model_sha256: str) -> Headers:
 
 
 def dlq_headers(
-    original: Sequence[tuple[str, bytes]],
+    original: InHeaders,
     *,
     reason: Reason,
     detail: str,
@@ -45,11 +79,14 @@ def dlq_headers(
     offset: int,
     attempts: int,
 ) -> Headers:
-    """The original headers plus the `x-` fields a DLQ consumer switches on."""
-    headers = [(k, v) for k, v in original if not k.startswith("x-error-") and k != "x-attempts"]
+    """The original headers plus the `x-` fields a DLQ consumer switches on. Original names
+    that are not UTF-8 are escaped; null values stay null."""
+    headers: list[tuple[str, Any]] = [
+        (safe_name(k), v) for k, v in original if not k.startswith("x-error-") and k != "x-attempts"
+    ]
     headers += [
         ("x-error-reason", reason.value.encode()),
-        ("x-error-detail", detail[:_DETAIL_LIMIT].encode("utf-8", "replace")),
+        ("x-error-detail", text_bytes(detail[:_DETAIL_LIMIT])),
         ("x-original-topic", topic.encode()),
         ("x-original-partition", str(partition).encode()),
         ("x-original-offset", str(offset).encode()),
@@ -59,23 +96,107 @@ def dlq_headers(
     return headers
 
 
-class Publisher:
-    """Sends and awaits acks; callers mark offsets finished only after these return."""
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why and where a record failed: what its dead letter's `x-` headers say."""
 
-    def __init__(self, producer: AIOKafkaProducer, verdict_topic: str, dlq_topic: str) -> None:
+    reason: Reason
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    attempts: int = 1
+
+    def headers(self, original: InHeaders, note: str = "") -> Headers:
+        return dlq_headers(
+            original,
+            reason=self.reason,
+            detail=note + self.detail,
+            topic=self.topic,
+            partition=self.partition,
+            offset=self.offset,
+            attempts=self.attempts,
+        )
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: InHeaders) -> int:
+    """A record's size on the wire as a batch of one, uncompressed, rounded up."""
+    fields = sum(len(text_bytes(k)) + len(v or b"") + _HEADER_OVERHEAD for k, v in headers)
+    return len(key or b"") + len(value or b"") + fields + _BATCH_OVERHEAD
+
+
+def encode_json(record: dict[str, Any]) -> bytes:
+    """Compact JSON; raises ValueError on NaN or Inf rather than writing invalid JSON."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+class Publisher:
+    """Sends and awaits acks; callers mark offsets finished only after these return.
+
+    `limits` maps topic → max.message.bytes (Kafka's default for topics not named)."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        verdict_topic: str,
+        dlq_topic: str,
+        limits: dict[str, int] | None = None,
+    ) -> None:
         self._producer = producer
         self._verdict_topic = verdict_topic
         self._dlq_topic = dlq_topic
+        self._limits = limits or {}
 
-    async def verdict(self, key: str, verdict: dict[str, Any], headers: Headers) -> None:
-        value = json.dumps(verdict, separators=(",", ":")).encode()
-        await (
-            await self._producer.send(self._verdict_topic, value, key=key.encode(), headers=headers)
-        )
+    def limit(self, topic: str) -> int:
+        return self._limits.get(topic, kafka.DEFAULT_MAX_MESSAGE_BYTES)
 
-    async def dead_letter(self, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        await (await self._producer.send(self._dlq_topic, value, key=key, headers=headers))
+    async def verdict(self, key: str, verdict: dict[str, Any], headers: Headers) -> bool:
+        """Send a verdict; returns True if its echoed fields had to be dropped to fit."""
+        raw_key = text_bytes(key)
+        value = encode_json(verdict)
+        limit = self.limit(self._verdict_topic)
+        truncated = record_size(raw_key, value, headers) > limit
+        if truncated:
+            dropped = [f for f in _ECHOED if verdict.get(f) is not None]
+            verdict = verdict | dict.fromkeys(dropped) | {"truncated": dropped}
+            value = encode_json(verdict)
+            if record_size(raw_key, value, headers) > limit:
+                raise ValueError(
+                    f"verdict is {len(value)} bytes without its echoed fields; the topic "
+                    f"{self._verdict_topic} takes {limit}"
+                )
+        await self._send(self._verdict_topic, raw_key, value, headers)
+        return truncated
+
+    async def dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        original: InHeaders,
+        failure: Failure,
+    ) -> None:
+        """Dead-letter a record with `failure`'s headers added; over the DLQ topic's limit the
+        original key, value and headers are dropped, and the detail says so."""
+        full = failure.headers(original)
+        if record_size(key, value, full) <= self.limit(self._dlq_topic):
+            await self._send(self._dlq_topic, key, value, full)
+            return
+        size = len(key or b"") + len(value or b"")
+        note = f"original key, value and headers ({size} bytes) dropped: over the DLQ limit; "
+        short_key = (key or b"")[:_DLQ_KEY_LIMIT] or None
+        await self._send(self._dlq_topic, short_key, None, failure.headers([], note))
 
     async def embedding(self, topic: str, key: str, record: dict[str, Any]) -> None:
-        value = json.dumps(record, separators=(",", ":")).encode()
-        await (await self._producer.send(topic, value, key=key.encode()))
+        value = encode_json(record)
+        raw_key = text_bytes(key)
+        if record_size(raw_key, value, []) > self.limit(topic):
+            raise ValueError(f"embedding record is {len(value)} bytes; {topic} takes less")
+        await self._send(topic, raw_key, value, [])
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: InHeaders
+    ) -> None:
+        try:
+            await (await self._producer.send(topic, value, key=key, headers=list(headers)))
+        except KafkaError as exc:
+            raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc

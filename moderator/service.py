@@ -19,8 +19,6 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,16 +35,24 @@ from moderator.batch import Batcher, DeviceInfer, NotDecoded
 from moderator.cache import RedisEmbeddingCache
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.decode_gpu import GpuJpegDecoder, gpu_eligible
+from moderator.decode_pool import DecodePool
 from moderator.embed import ClipRuntime, load_model
-from moderator.errors import ConfigError, ModeratorError
+from moderator.errors import (
+    ConfigError,
+    InvalidEmbedding,
+    ModeratorError,
+    PublishFailed,
+    Reason,
+    TooLarge,
+)
 from moderator.events import ImageEvent, parse_event
 from moderator.http import HealthServer
 from moderator.log import configure, get
 from moderator.metrics import Metrics
 from moderator.offsets import OffsetTracker
 from moderator.policy.reload import PolicyReloader
-from moderator.prepare import prepare_record, start_pool
-from moderator.publish import Publisher, dlq_headers, verdict_headers
+from moderator.prepare import prepare_record
+from moderator.publish import Failure, Publisher, verdict_headers
 from moderator.settings import Settings, load_settings, unknown_env_vars
 from moderator.types import Pixels
 from moderator.verdict import build_verdict
@@ -54,11 +60,9 @@ from moderator.verdict import build_verdict
 log = get("service")
 _COMMIT_INTERVAL_S = 1.0  # with max_poll_records finished events, bounds re-delivery
 _LAG_INTERVAL_S = 5.0
-_DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must lose its payload
-# Upper bound of what Kafka adds around one record: batch header (61 bytes), record framing
-# (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
-_BATCH_OVERHEAD = 96
-_HEADER_OVERHEAD = 10
+# JSON around an inline image: the id, metadata (≤ 64 KiB as JSON, up to 6× when escaped)
+# and the other fields. A record value over base64(limit) plus this is refused unparsed.
+_JSON_ENVELOPE_BYTES = 512 * 1024
 _TP = tuple[str, int]
 
 
@@ -101,10 +105,9 @@ class Service:
         self._publisher: Publisher | None = None
         self._fetcher: Fetcher | None = None
         self._batcher: Batcher | None = None
-        self._decode_pool: ProcessPoolExecutor | None = None
+        self._decode_pool: DecodePool | None = None
         self._spec: PreprocessSpec | None = None
         self._gpu_decoders: list[GpuJpegDecoder] = []
-        self._dlq_limit = kafka.DEFAULT_MAX_MESSAGE_BYTES
         self.http: HealthServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -190,7 +193,12 @@ class Service:
         await self._reloader.start()
         workers = s.pipeline.decode_workers or os.cpu_count() or 1
         t = time.monotonic()
-        self._decode_pool = await asyncio.to_thread(start_pool, workers, self._spec)
+        self._decode_pool = DecodePool(
+            workers,
+            self._spec,
+            on_replaced=lambda which: self.metrics.decode_pool_replaced.labels(which).inc(),
+        )
+        await self._decode_pool.start()
         log.info(
             "decode processes started",
             extra={"fields": {"processes": workers, "seconds": round(time.monotonic() - t, 2)}},
@@ -219,10 +227,11 @@ class Service:
             topics.append(s.kafka.embeddings_topic)
         if s.kafka.create_topics:
             await kafka.ensure_topics(s.kafka, topics)
-        self._dlq_limit = await kafka.max_message_bytes(s.kafka, s.kafka.dlq_topic)
+        # Every output topic's record limit: a record over it would wedge the producer.
+        limits = {t: await kafka.max_message_bytes(s.kafka, t) for t in topics[1:]}
         producer = kafka.make_producer(s.kafka)
         await producer.start()
-        self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic)
+        self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic, limits)
         self._producer = producer
         self._consumer = kafka.make_consumer(s.kafka)
         self._consumer.subscribe([s.kafka.input_topic], listener=_Rebalance(self))
@@ -326,10 +335,7 @@ class Service:
         for decoder in self._gpu_decoders:
             decoder.close()
         if self._decode_pool is not None:
-            # Wait for the workers to exit: a pool abandoned with wait=False can leave its
-            # forkserver and a worker blocked on each other's pipes after this process ends.
-            # Decodes are bounded by the pixel limit, so this returns promptly.
-            await asyncio.to_thread(self._decode_pool.shutdown, wait=True, cancel_futures=True)
+            await self._decode_pool.close()
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -463,93 +469,94 @@ class Service:
                 )
                 for task in left:
                     task.cancel()
-        if self._consumer is not None and self._fatal is None:
+        if self._consumer is not None:
+            # After a fatal error too: what finished is answered, and must not be again.
             await self._commit()
 
     # -- one event -------------------------------------------------------------------------
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        assert self._publisher is not None
-        assert self._reloader is not None
-        started = time.monotonic()
-        timings: dict[str, float] = {}
-        attempts = 1
+        """One record's error boundary: whatever it carries ends as a verdict or a dead
+        letter. Only `PublishFailed` (the broker refused a send) escapes, leaving the record
+        unfinished and uncommitted."""
         try:
-            event, image_sha, pixels, data, attempts = await self._prepare(record, timings)
-            embedding, cached = await self._embed(image_sha, pixels, data, timings)
-            t = time.monotonic()
-            policy = self._reloader.current
-            outcome = policy.score(embedding[None, :], [event.surface])[0]
-            timings["score"] = time.monotonic() - t
-            timings["total"] = time.monotonic() - started
-            runtime = self._runtimes[0]
-            verdict = build_verdict(
-                event, outcome, policy, runtime, image_sha=image_sha, timings=timings, cached=cached
-            )
-            t = time.monotonic()
-            await self._publisher.verdict(
-                event.id, verdict, verdict_headers(policy.version, runtime.sha256)
-            )
-            if self.settings.kafka.embeddings_topic:
-                await self._publisher.embedding(
-                    self.settings.kafka.embeddings_topic,
-                    event.id,
-                    {
-                        "id": event.id,
-                        "image_sha256": image_sha,
-                        "model_sha256": runtime.sha256,
-                        "embedding": [round(float(x), 6) for x in embedding],
-                    },
-                )
-            self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
-            self._count_verdict(verdict, event)
+            await self._answer(record)
+        except PublishFailed:
+            raise
         except ModeratorError as exc:
-            attempts = int(getattr(exc, "attempts", attempts))
-            await self._dead_letter(record, exc, attempts)
-            self.metrics.dlq.labels(exc.reason.value).inc()
-            log.info(
-                "dead-lettered",
-                extra={
-                    "fields": {
-                        "reason": exc.reason.value,
-                        "detail": str(exc)[:200],
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    }
-                },
+            attempts = int(getattr(exc, "attempts", 1))
+            await self._dead_letter(record, exc.reason, str(exc), attempts)
+        except Exception as exc:  # a bug, or an input nothing anticipated
+            log.exception(
+                "internal error; dead-lettering the event",
+                extra={"fields": {"partition": record.partition, "offset": record.offset}},
             )
+            await self._dead_letter(record, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         self.tracker.finished(record.topic, record.partition, record.offset)
         self._finished_since_commit += 1
         if record.timestamp and record.timestamp > 0:
             self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
 
+    async def _answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        assert self._publisher is not None
+        assert self._reloader is not None
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        event, image_sha, pixels, data, _attempts = await self._prepare(record, timings)
+        embedding, cached = await self._embed(image_sha, pixels, data, timings)
+        if not np.isfinite(embedding).all():
+            raise InvalidEmbedding("the model's embedding of this image holds NaN or Inf")
+        t = time.monotonic()
+        policy = self._reloader.current
+        outcome = policy.score(embedding[None, :], [event.surface])[0]
+        timings["score"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - started
+        runtime = self._runtimes[0]
+        verdict = build_verdict(
+            event, outcome, policy, runtime, image_sha=image_sha, timings=timings, cached=cached
+        )
+        t = time.monotonic()
+        truncated = await self._publisher.verdict(
+            event.id, verdict, verdict_headers(policy.version, runtime.sha256)
+        )
+        if truncated:
+            self.metrics.verdicts_truncated.inc()
+        if self.settings.kafka.embeddings_topic:
+            await self._publisher.embedding(
+                self.settings.kafka.embeddings_topic,
+                event.id,
+                {
+                    "id": event.id,
+                    "image_sha256": image_sha,
+                    "model_sha256": runtime.sha256,
+                    "embedding": [round(float(x), 6) for x in embedding],
+                },
+            )
+        self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
+        self._count_verdict(verdict, event)
+
     async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], exc: ModeratorError, attempts: int
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        reason: Reason,
+        detail: str,
+        attempts: int = 1,
     ) -> None:
         assert self._publisher is not None
-
-        def headers(original: Sequence[tuple[str, bytes]], detail: str) -> list[tuple[str, bytes]]:
-            return dlq_headers(
-                original,
-                reason=exc.reason,
-                detail=detail,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                attempts=attempts,
-            )
-
-        full = headers(record.headers, str(exc))
-        if _record_size(record.key, record.value, full) <= self._dlq_limit:
-            await self._publisher.dead_letter(record.key, record.value, full)
-            return
-        # The record plus our headers is over the DLQ topic's limit (the record may sit at the
-        # input topic's limit already). Sending it would fail on the broker and leave the
-        # idempotent producer failing every later send: dead-letter it without its bytes.
-        size = len(record.key or b"") + len(record.value or b"")
-        note = f"original key, value and headers ({size} bytes) dropped: over the DLQ limit"
-        key = (record.key or b"")[:_DLQ_KEY_LIMIT] or None
-        await self._publisher.dead_letter(key, None, headers([], f"{note}; {exc}"))
+        failure = Failure(reason, detail, record.topic, record.partition, record.offset, attempts)
+        await self._publisher.dead_letter(record.key, record.value, record.headers, failure)
+        self.metrics.dlq.labels(reason.value).inc()
+        log.info(
+            "dead-lettered",
+            extra={
+                "fields": {
+                    "reason": reason.value,
+                    "detail": detail[:200],
+                    "partition": record.partition,
+                    "offset": record.offset,
+                }
+            },
+        )
 
     async def _acquire(self, event: ImageEvent, timings: dict[str, float]) -> tuple[bytes, int]:
         if event.image_bytes is not None:
@@ -576,11 +583,16 @@ class Service:
         measured on 2 cores: 28 % fewer verdicts/s when every image missed, 21 % fewer with
         repeats)."""
         assert self._spec is not None
+        assert self._decode_pool is not None
         max_bytes = self.settings.pipeline.max_image_bytes
+        size = len(record.value or b"")
+        if size > max_bytes * 4 // 3 + _JSON_ENVELOPE_BYTES:
+            raise TooLarge(
+                f"record value is {size} bytes: over any event with a {max_bytes}-byte image"
+            )
         if self._cache is None:
             t = time.monotonic()
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool,
+            prepared = await self._decode_pool.run(
                 partial(
                     prepare_record,
                     record.value,
@@ -588,7 +600,7 @@ class Service:
                     max_bytes=max_bytes,
                     spec=self._spec,
                     keep_jpeg=bool(self._gpu_decoders),
-                ),
+                )
             )
             # Its own stage: waiting for a worker, parsing, hashing and decoding.
             timings["prepare"] = time.monotonic() - t
@@ -636,10 +648,8 @@ class Service:
                     log.debug("GPU did not decode", extra={"fields": {"why": str(exc)}})
             if embedded is None:
                 t = time.monotonic()
-                loop = asyncio.get_running_loop()
-                pixels = await loop.run_in_executor(
-                    self._decode_pool, decode_image, data, self._spec
-                )
+                assert self._decode_pool is not None
+                pixels = await self._decode_pool.run(decode_image, data, self._spec)
                 timings["decode"] = time.monotonic() - t
                 self.metrics.stage_seconds.labels("decode").observe(timings["decode"])
         if embedded is None:
@@ -657,12 +667,24 @@ class Service:
     # -- metrics hooks ---------------------------------------------------------------------
 
     def _count_verdict(self, verdict: dict[str, Any], event: ImageEvent) -> None:
-        surface = event.surface or "none"
+        surface = self._surface_label(event.surface)
         self.metrics.verdicts.labels(verdict["decision"], surface).inc()
         for match in verdict["matches"]:
             self.metrics.matches.labels(match["id"], match["action"], "enforce", surface).inc()
         for match in verdict["shadow"]:
             self.metrics.matches.labels(match["id"], match["action"], "shadow", surface).inc()
+
+    def _surface_label(self, surface: str | None) -> str:
+        """Metric label for a surface: the policy's surfaces, `none`, or `other` (bounded:
+        producers choose surfaces, and each new label value is a new time series)."""
+        if surface is None:
+            return "none"
+        assert self._reloader is not None
+        policy = self._reloader.current
+        if policy.knows_surface(surface):
+            return surface.lower()
+        self.metrics.unknown_surfaces.inc()
+        return "other"
 
     def _cache_result(self, kind: str, result: str, count: int) -> None:
         self.metrics.cache.labels(kind, result).inc(count)
@@ -683,12 +705,6 @@ class Service:
         self.metrics.policy_reload_failing.set(0 if ok else 1)
         if ok and version:
             self.metrics.policy_info.info({"name": name or "", "version": version})
-
-
-def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
-    """A record's size on the wire as a batch of one, uncompressed, rounded up."""
-    fields = sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD for k, v in headers)
-    return len(key or b"") + len(value or b"") + fields + _BATCH_OVERHEAD
 
 
 def run_service(config_file: Path | None = None, environ: dict[str, str] | None = None) -> int:

@@ -1,0 +1,72 @@
+"""A decode process that dies is replaced; the event it held is retried alone, then refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from moderator.decode import PreprocessSpec
+from moderator.decode_pool import DecodePool
+from moderator.errors import DecodeCrashed
+
+_SPEC = PreprocessSpec(image_size=32, resize_shortest_edge=32)
+
+
+def _die_if(marker: str, value: int) -> int:
+    """Kill this decode process when `marker` exists (a poison image), else echo `value`."""
+    if Path(marker).exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def _slow(value: int) -> int:
+    import time
+
+    time.sleep(0.3)
+    return value
+
+
+@pytest.fixture
+def replaced() -> list[str]:
+    return []
+
+
+@pytest.fixture
+async def pool(replaced: list[str]) -> AsyncIterator[DecodePool]:
+    decode_pool = DecodePool(2, _SPEC, on_replaced=replaced.append)
+    await decode_pool.start()
+    yield decode_pool
+    await decode_pool.close()
+
+
+async def test_an_image_that_kills_its_process_is_decode_crashed_and_the_pool_serves_on(
+    pool: DecodePool, replaced: list[str], tmp_path: Path
+) -> None:
+    poison = tmp_path / "poison"
+    poison.touch()
+    innocent = asyncio.ensure_future(pool.run(_slow, 7))  # in the pool when it breaks
+    await asyncio.sleep(0.05)
+    with pytest.raises(DecodeCrashed):
+        await pool.run(_die_if, str(poison), 1)
+    assert await innocent == 7  # retried alone, and answered
+    assert replaced == ["main", "quarantine"]
+    poison.unlink()
+    assert await asyncio.gather(*(pool.run(_die_if, str(poison), i) for i in range(6))) == list(
+        range(6)
+    )
+
+
+async def test_a_process_killed_from_outside_costs_no_event(
+    pool: DecodePool, replaced: list[str]
+) -> None:
+    running = [asyncio.ensure_future(pool.run(_slow, i)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    assert await asyncio.gather(*running) == list(range(4))
+    assert replaced == ["main"]
+    assert len(pool.pids()) == 2
