@@ -2,14 +2,15 @@
 
 Fields (a public contract, JSON Schema in deploy/schemas/verdict.schema.json): id, decision,
 matches, shadow, top, policy {name, version}, model {id, sha256}, image {sha256}, surface,
-source, metadata, submitted_at, processed_at, cached, timings_ms.
+source, metadata, submitted_at, processed_at, cached, timings_ms, and `truncated` when the
+echoed fields had to be dropped to fit the topic.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from moderator.events import ImageEvent
 from moderator.policy.score import Outcome
@@ -117,3 +118,8 @@ class VerdictRecord(BaseModel):
     processed_at: str
     cached: bool
     timings_ms: dict[str, float]
+    truncated: list[Literal["metadata", "source"]] | None = Field(
+        None,
+        description="Echoed fields set to null because the verdict was over the verdict "
+        "topic's max.message.bytes with them; absent otherwise.",
+    )
