@@ -163,17 +163,79 @@ def test_values_table_refuses_an_undocumented_value() -> None:
         script.render_table(text)
 
 
+# `- name: MODERATOR_X` / `value: {{ .Values.a.b | quote }}` in the deployment's env list.
+_ENV_FROM_VALUE = re.compile(
+    r"- name: (MODERATOR_\w+)\n\s+value: \{\{ \.Values\.([\w.]+) \| quote \}\}"
+)
+
+
+def _helm_str(value: Any) -> str:
+    """A scalar as Helm's `quote` prints it (Go's %v: booleans in lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _pod_env(values: dict[str, Any]) -> dict[str, str]:
+    """The plain environment the deployment gives the container for these (merged) values."""
+    deployment = (CHART / "templates" / "deployment.yaml").read_text(encoding="utf-8")
+    env: dict[str, str] = {}
+    for name, path in _ENV_FROM_VALUE.findall(deployment):
+        node: Any = values
+        for key in path.split("."):
+            node = node[key]
+        env[name] = _helm_str(node)
+    env.update({e["name"]: e["value"] for e in values["extraEnv"] if "value" in e})
+    return env
+
+
+def _pod_policy_files(values: dict[str, Any]) -> dict[str, str] | None:
+    """File name → text of the chart's policy ConfigMap; None when an existing one is mounted."""
+    policies = values["policies"]
+    if policies["existingConfigMap"]:
+        return None
+    default = (CHART / "files" / "policies" / "default.yaml").read_text(encoding="utf-8")
+    return dict(policies["files"]) or {"default.yaml": default}
+
+
 @pytest.mark.parametrize("name", sorted(_ci_sets()))
-def test_inline_policies_and_settings_load_in_the_service(name: str, tmp_path: Path) -> None:
-    values = _ci_sets()[name]
-    for filename, text in values.get("policies", {}).get("files", {}).items():
-        (tmp_path / filename).write_text(text, encoding="utf-8")
-    if values.get("policies", {}).get("files"):
-        load_policies(tmp_path)
-    if values.get("settings"):
+def test_each_value_set_gives_the_service_policies_and_settings_it_loads(
+    name: str, tmp_path: Path, defaults: dict[str, Any]
+) -> None:
+    """What a pod of each CI value set reads (policy folder, settings file, env) loads as meant."""
+    values = _merge(defaults, _ci_sets()[name])
+    files = _pod_policy_files(values)
+    if files is None:
+        # The pods mount the named ConfigMap, and the chart renders none of its own.
+        template = (CHART / "templates" / "configmap-policies.yaml").read_text(encoding="utf-8")
+        assert template.startswith("{{- if not .Values.policies.existingConfigMap }}")
+        helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+        mounted = helpers.split('define "moderator.policyConfigMap"')[1].split("end")[0]
+        assert ".Values.policies.existingConfigMap" in mounted
+    else:
+        folder = tmp_path / "policies"
+        folder.mkdir()
+        for filename, text in files.items():
+            (folder / filename).write_text(text, encoding="utf-8")
+        policy_set = load_policies(folder)
+        assert set(policy_set.names) == {yaml.safe_load(t)["name"] for t in files.values()}
+        assert policy_set.concepts
+
+    config = None
+    if values["settings"]:
         config = tmp_path / "moderator.yaml"
         config.write_text(yaml.safe_dump(values["settings"]), encoding="utf-8")
-        load_settings(environ={}, config_file=config)
+    env = _pod_env(values)
+    settings = load_settings(environ=env, config_file=config)
+    assert settings.kafka.bootstrap_servers == values["kafka"]["bootstrapServers"]
+    assert settings.kafka.group_id == values["kafka"]["groupId"]
+    assert str(settings.model.path) == values["model"]["path"]
+    assert settings.pipeline.drain_timeout_s == values["drainTimeoutSeconds"]
+    assert settings.pipeline.decode_workers == values["decodeWorkers"]
+    for group, fields in values["settings"].items():
+        for field, value in fields.items():
+            assert getattr(getattr(settings, group), field) == value, f"{group}.{field}"
+    for extra in values["extraEnv"]:
+        group, field = extra["name"].removeprefix("MODERATOR_").lower().split("__")
+        assert _helm_str(getattr(getattr(settings, group), field)) == extra["value"], extra
 
 
 def test_chart_default_policy_loads() -> None:
