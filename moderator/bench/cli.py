@@ -67,7 +67,12 @@ def model(
         int, typer.Option(help="CPU threads for ONNX Runtime and torch alike (0 = defaults).")
     ] = 0,
     peer_model: Annotated[
-        Path | None, typer.Option(help="PyTorch checkpoint of the peer (default: the source).")
+        Path | None,
+        typer.Option(
+            help="PyTorch checkpoint of the peer (default: the one the model was exported from, "
+            "if here; for demo otherwise rebuilt from its shipped ONNX weights into "
+            "~/.cache/moderator/demo-hf on first use)."
+        ),
     ] = None,
     compile_mode: Annotated[
         str, typer.Option(help="torch.compile mode: default, reduce-overhead, max-autotune.")
@@ -161,7 +166,12 @@ def e2e(
     broker: Annotated[str, typer.Option(help="Kafka bootstrap servers.")] = "127.0.0.1:9092",
     peer: Annotated[str, typer.Option(help="naive, or none.")] = "naive",
     peer_model: Annotated[
-        Path | None, typer.Option(help="The peer's PyTorch checkpoint (demo: .run/demo-hf).")
+        Path | None,
+        typer.Option(
+            help="The peer's PyTorch checkpoint (default: the one the model was exported from, "
+            "if here; for demo otherwise rebuilt from its shipped ONNX weights into "
+            "~/.cache/moderator/demo-hf on first use)."
+        ),
     ] = None,
     peer_batch: Annotated[int, typer.Option(help="Events per peer step (1 = one at a time).")] = 1,
     peer_threads: Annotated[

@@ -946,7 +946,11 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
 
         precision = auto_precision(opts.providers)
     bench_model = resolve_bench_model(
-        opts.model, precision=precision, peer_model=opts.peer_model, progress=progress
+        opts.model,
+        precision=precision,
+        peer_model=opts.peer_model,
+        progress=progress,
+        peer=opts.peer is not None,
     )
     policy = opts.policy or _default_policy(opts.model)
     report = Report("e2e", COLUMNS)
@@ -974,9 +978,10 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = _stderr) -> Repor
     }
     peer_dir = bench_model.hf_dir if opts.peer else None
     if opts.peer and peer_dir is None:
+        why = f"; {bench_model.note}" if bench_model.note else ""
         report.notes.append(
             f"naive peer skipped: no PyTorch checkpoint for {opts.model!r} "
-            "(for demo, .run/demo-hf; else pass --peer-model DIR)"
+            f"(pass --peer-model DIR){why}"
         )
     progress(f"generating {opts.unique} photo-like 1024x768 images")
     images = bench_images(opts.unique, seed=opts.seed, png_fraction=opts.png_fraction)

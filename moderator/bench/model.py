@@ -58,7 +58,9 @@ B32_DIR: Final = "clip-vit-b32-random"
 # Part of the cached export's directory name: bump it when `export_clip`'s graphs change, so a
 # bench never times a stale export.
 EXPORT_REVISION: Final = 4
-# The demo model's PyTorch checkpoint, written by the demo training run (not committed).
+# The demo model's PyTorch checkpoint as the demo training run writes it (not committed). Where
+# it is absent, the peer's checkpoint is rebuilt from the shipped ONNX files into the cache
+# (`moderator.export.demo_checkpoint`).
 DEMO_HF: Final = Path(".run") / "demo-hf"
 # At least this many timed calls, however long they take: one call is no measurement.
 MIN_ITERATIONS: Final = 3
@@ -113,10 +115,12 @@ def resolve_bench_model(
     precision: str = "fp32",
     peer_model: Path | None = None,
     progress: Progress = _stderr,
+    peer: bool = True,
 ) -> BenchModel:
     """`demo`, `b32` (a random-weight ViT-B/32, built and exported once into the bench cache)
     or an exported directory; the peer checkpoint is `peer_model`, or the one the model's
-    manifest names when that directory exists here."""
+    manifest names when that directory exists here. For the demo without one, and when a
+    `peer` is wanted, it is rebuilt from the shipped ONNX files on first use."""
     if spec == B32:
         hf_dir, onnx_dir = _random_b32(precision, progress)
         return BenchModel(spec, onnx_dir, peer_model or hf_dir)
@@ -133,7 +137,20 @@ def resolve_bench_model(
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             return BenchModel(spec, onnx_dir, candidate, note)
+    if spec == DEMO_NAME and peer:
+        return _rebuilt_demo(spec, onnx_dir, note, progress)
     return BenchModel(spec, onnx_dir, None, note)
+
+
+def _rebuilt_demo(spec: str, onnx_dir: Path, note: str | None, progress: Progress) -> BenchModel:
+    """The demo's checkpoint rebuilt from its ONNX weights; none when the export extra (torch,
+    transformers, onnx) is not installed."""
+    try:
+        from moderator.export.demo_checkpoint import demo_checkpoint
+    except ImportError as exc:
+        missing = f"cannot rebuild the demo's PyTorch checkpoint without moderator[export] ({exc})"
+        return BenchModel(spec, onnx_dir, None, f"{note}; {missing}" if note else missing)
+    return BenchModel(spec, onnx_dir, demo_checkpoint(onnx_dir, progress=progress), note)
 
 
 def _random_b32(precision: str, progress: Progress) -> tuple[Path, Path]:
@@ -302,7 +319,7 @@ def run_model_bench(
     if precision == "auto":
         precision = auto_precision(providers)
     bench_model = resolve_bench_model(
-        model, precision=precision, peer_model=peer_model, progress=progress
+        model, precision=precision, peer_model=peer_model, progress=progress, peer=bool(peers)
     )
     report = Report("model", COLUMNS)
     if bench_model.note:
