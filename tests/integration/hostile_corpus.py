@@ -35,9 +35,10 @@ from moderator.demo.shapes import render
 
 MAX_IMAGE_BYTES = 400_000  # the corpus service's MODERATOR_PIPELINE__MAX_IMAGE_BYTES
 DLQ_MAX_MESSAGE_BYTES = 600_000  # the corpus DLQ topic's max.message.bytes (input: 1 MB)
+VERDICT_MAX_MESSAGE_BYTES = 40_000  # the corpus verdict topic's: a 60 KB metadata echo is over
 VERDICT = "verdict"
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class Case:
     # For VERDICT cases: the event id the verdict is keyed by (default: the case name).
     event_id: str | None = None
     copies: int = 1  # duplicate-id cases send the same record more than once
+    # Header names as raw bytes (not UTF-8, say): sent through `chaos.rawrecords`, not aiokafka.
+    raw_headers: list[tuple[bytes, bytes | None]] | None = None
 
 
 # ---------------------------------------------------------------- image builders
@@ -352,6 +355,75 @@ def strict_cases(prefix: str) -> list[Case]:
             dlq("fetch_blocked"),
         )
     add("url-malformed-idna", by_url(n("url-idna"), "http://xn--/a.png"), dlq("fetch_failed"))
+
+    # Poison: records that once stopped the service (or would have). Each is answered, and the
+    # valid cases after them prove the service went on.
+    b64 = _b64(png)
+    poison_json = {
+        "id-lone-surrogate": f'{{"id": "{n("sur")}\\ud800", "image_b64": "{b64}"}}',
+        "metadata-lone-surrogate": (
+            f'{{"id": "{n("msur")}", "image_b64": "{b64}", "metadata": {{"k\\udfff": [1]}}}}'
+        ),
+        "metadata-nan": f'{{"id": "{n("nan")}", "image_b64": "{b64}", "metadata": {{"x": NaN}}}}',
+        "metadata-infinity": (
+            f'{{"id": "{n("inf")}", "image_b64": "{b64}", "metadata": {{"x": [-Infinity]}}}}'
+        ),
+        "url-host-lone-surrogate": f'{{"id": "{n("hsur")}", "image_url": "http://a\\udc80b.example/"}}',
+    }
+    for kind, text in poison_json.items():
+        add(kind, text.encode(), dlq("invalid_event"))
+    add(
+        "url-host-label-too-long",
+        by_url(n("label"), "http://" + "a" * 64 + ".example/a.png"),
+        dlq("fetch_failed"),
+    )
+    add(
+        "url-host-empty-label",
+        by_url(n("empty-label"), "http://a..example/a.png"),
+        dlq("fetch_failed"),
+    )
+    add(
+        "header-name-not-utf8",
+        inline(n("hname"), png, surface="upload"),
+        VERDICT,
+        event_id=n("hname"),
+        raw_headers=[(b"\xff\xfe", b"x"), (b"trace", None)],
+    )
+    add(
+        "header-name-not-utf8-on-a-dead-letter",
+        b"{not json",
+        dlq("invalid_event"),
+        raw_headers=[(b"\xc3\x28", b"v"), (b"", None)],
+    )
+    add(
+        "header-value-null",
+        inline(n("hnull"), png, surface="upload"),
+        VERDICT,
+        event_id=n("hnull"),
+        headers=[("trace", None)],
+    )
+    base = [h for h in cloudevent(n("ce")) if h[0] not in ("ce_id", "ce_source")]
+    for kind, extra in (
+        ("cloudevent-id-not-utf8", [("ce_id", b"\xff\xfe"), ("ce_source", b"s")]),
+        (
+            "cloudevent-source-500k",
+            [("ce_id", n("ce-src").encode()), ("ce_source", b"s" * 500_000)],
+        ),
+        (
+            "cloudevent-surface-control-chars",
+            [("ce_id", n("ce-sfc").encode()), ("ce_source", b"s"), ("ce_surface", b"a\x00b")],
+        ),
+        ("cloudevent-id-lone-surrogate-bytes", [("ce_id", b"e\xed\xa0\x80"), ("ce_source", b"s")]),
+    ):
+        add(kind, png, dlq("invalid_event"), headers=base + extra)
+    # Valid, with metadata within its 64 KB limit, but the verdict echoing it is over the
+    # verdict topic's limit: published without the echo.
+    add(
+        "verdict-over-topic-limit",
+        inline(n("big-echo"), png, surface="upload", metadata={"blob": "x" * 60_000}),
+        VERDICT,
+        event_id=n("big-echo"),
+    )
 
     # Awkward but valid: every one must get a verdict.
     valid = {

@@ -23,6 +23,7 @@ from hostile_corpus import (
     DLQ_MAX_MESSAGE_BYTES,
     MAX_IMAGE_BYTES,
     VERDICT,
+    VERDICT_MAX_MESSAGE_BYTES,
     Case,
     loopback_cases,
     shape,
@@ -34,6 +35,7 @@ from moderator import kafka
 from moderator.acquire import Fetcher, FetchPolicy
 from moderator.chaos.fleet import Fleet
 from moderator.chaos.imageserver import ImageServer
+from moderator.chaos.rawrecords import send_raw
 from moderator.chaos.scenarios import serve_env
 from moderator.errors import FetchBlocked
 from moderator.settings import KafkaSettings
@@ -54,7 +56,11 @@ class Answers:
 async def _topics(topic_factory: Callable[..., Any]) -> dict[str, str]:
     return {
         "input": await topic_factory(3, label="hostile-in"),
-        "verdicts": await topic_factory(1, label="hostile-verdicts"),
+        "verdicts": await topic_factory(
+            1,
+            label="hostile-verdicts",
+            config={"max.message.bytes": str(VERDICT_MAX_MESSAGE_BYTES)},
+        ),
         # Smaller than the input topic's 1 MB: dead-lettering a large record must still work.
         "dlq": await topic_factory(
             1, label="hostile-dlq", config={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
@@ -65,18 +71,25 @@ async def _topics(topic_factory: Callable[..., Any]) -> dict[str, str]:
 async def _produce(settings: KafkaSettings, topic: str, cases: list[Case]) -> dict[int, Case]:
     """Send every case; returns input offset (partition 0 only: keys are pinned) → case."""
     producer = kafka.make_producer(settings)
+    raw = kafka.make_producer(settings, enable_idempotence=False)  # for `send_raw`
     await producer.start()
+    await raw.start()
     sent: dict[int, Case] = {}
     try:
         for case in cases:
             for _ in range(case.copies):
                 key = case.key if case.key is not None else case.name.encode()
+                if case.raw_headers is not None:
+                    record = (key, case.value, case.raw_headers)
+                    sent[await send_raw(raw, topic, 0, [record])] = case
+                    continue
                 meta = await producer.send_and_wait(
                     topic, case.value, key=key, headers=case.headers, partition=0
                 )
                 sent[meta.offset] = case
     finally:
         await producer.stop()
+        await raw.stop()
     return sent
 
 
@@ -100,7 +113,7 @@ async def _collect(
                         decision = json.loads(r.value or b"{}")["decision"]
                         answers.verdicts.setdefault(key, []).append(decision)
                     else:
-                        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+                        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers}
                         headers["value-bytes"] = str(len(r.value or b""))
                         where = (
                             int(headers["x-original-partition"]),

@@ -7,43 +7,20 @@ import struct
 import pytest
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moderator import kafka_records
+from moderator.chaos.rawrecords import RawName, python_writer
 from moderator.kafka_records import LenientMemoryRecords, read_batch
-
-
-class _RawName(str):
-    """A header name whose encoded form is whatever bytes the test wants on the wire."""
-
-    raw: bytes
-
-    def __new__(cls, raw: bytes) -> _RawName:
-        name = super().__new__(cls, "placeholder")
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
 
 Record = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
 
 
 def _batch(base_offset: int, records: list[Record], compression: int = 0) -> bytes:
-    builder = _DefaultRecordBatchBuilderPy(
-        magic=2,
-        compression_type=compression,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 24,
-    )
+    builder = python_writer(compression)
     for delta, (key, value, headers) in enumerate(records):
-        named = [(_RawName(name), header_value) for name, header_value in headers]
+        named = [(RawName(name), header_value) for name, header_value in headers]
         builder.append(
             delta, timestamp=1_700_000_000_000 + delta, key=key, value=value, headers=named
         )
