@@ -118,6 +118,9 @@ def test_config_and_logit_scale_come_from_the_export(hf_clip: Any) -> None:
 def test_a_rebuild_is_byte_identical(rebuilt: Path, tmp_path: Path) -> None:
     again = dc.rebuild_checkpoint(DEMO_DIR, tmp_path / "again")
     assert _digests(again) == _digests(rebuilt)
+    # The training run's own model.safetensors (MODEL_CARD.md): every weight came back exactly.
+    trained = "a2c607864dd75e05ba25108e6a40e20efb439d65c4618b3b1502bb6537063fd4"
+    assert _digests(rebuilt)["model.safetensors"] == trained
     marker = json.loads((rebuilt / dc.MARKER).read_text())
     assert marker["source_sha256"] == read_manifest(DEMO_DIR).sha256
 
