@@ -8,7 +8,11 @@ service. The guard works in two places:
   (at most `max_redirects`) so no hop goes unchecked — the URL itself is checked: http/https
   only, no credentials, host in the allowlist when one is set, no internal names (`localhost`,
   `*.internal`, metadata hosts), and a literal address, including the `2130706433` or `0x7f.1`
-  spellings C resolvers accept, must be public unicast.
+  spellings C resolvers accept, must lie outside the special-purpose ranges that
+  `moderator.addresses` writes out (not Python's `ipaddress` tables, which change between
+  releases). A host name no resolver accepts (an empty or over-long label, a character other
+  than letters, digits, `-` and `_`) or a port outside 1-65535 is refused there too, as
+  `fetch_failed` without a retry: it is a broken URL, not an attack.
 * At connect time, inside `GuardedBackend`, the httpcore network backend of the shared client.
   It resolves the name once, refuses it if *any* address is not public, and opens the TCP
   connection to an address it has just checked, so there is no second lookup that DNS
@@ -45,20 +49,18 @@ import ssl
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, ip_address
 from types import TracebackType
 from typing import Protocol, Self
 
 import httpcore
 import httpx
 
+from moderator.addresses import IPAddress, IPNetwork, address_problem, host_name_problem
 from moderator.errors import AcquireError, ConfigError, FetchBlocked, TooLarge
 from moderator.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
-
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
 
 SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -77,19 +79,14 @@ INTERNAL_NAMES = frozenset(
 )
 INTERNAL_SUFFIXES = (".localhost", ".internal", ".local", ".home.arpa")
 
-# Ranges Python's `is_global` / `is_private` do not name consistently across versions.
-_EXTRA_BLOCKED: tuple[tuple[IPNetwork, str], ...] = (
-    (ip_network("100.64.0.0/10"), "carrier-grade NAT"),
-    (ip_network("198.18.0.0/15"), "benchmarking"),
-    (ip_network("64:ff9b:1::/48"), "local-use NAT64"),
-    (ip_network("fec0::/10"), "site-local"),
-)
-_NAT64 = ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: last 32 bits are IPv4
-
 # What C's inet_aton reads as an IPv4 address besides dotted quads: 2130706433, 0x7f.1, 127.1.
 _NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
 _USERINFO = re.compile(r"//[^/?#]*@")
 _SHOWN_URL_CHARS = 200  # error messages end up in DLQ headers and logs: keep them short
+_MAX_PORT = 65535
+# What parsing an event's URL text can raise: InvalidURL for most malformed URLs, and
+# UnicodeEncodeError (a ValueError) for lone surrogates, which httpx does not catch itself.
+_URL_ERRORS = (httpx.InvalidURL, ValueError, TypeError)
 
 # getaddrinfo errors that mean "this name does not exist" (retrying cannot help).
 _NAME_NOT_FOUND = frozenset(
@@ -195,42 +192,6 @@ class SystemResolver:
         return list(found)
 
 
-def address_problem(ip: IPAddress) -> str | None:
-    """What makes `ip` non-public ("loopback", "private", ...), or None for public unicast."""
-    if isinstance(ip, IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            problem = address_problem(embedded)
-            if problem is not None:
-                return f"{problem} (as {ip})"
-            if ip.ipv4_mapped is not None or ip in _NAT64:
-                return None  # the packets go to the public IPv4 address it carries
-        if ip.is_site_local:
-            return "site-local"
-    for net, label in _EXTRA_BLOCKED:
-        if ip in net:
-            return label
-    checks = (
-        (ip.is_unspecified, "unspecified"),
-        (ip.is_loopback, "loopback"),
-        (ip.is_link_local, "link-local"),
-        (ip.is_multicast, "multicast"),
-        (ip.is_private, "private"),
-        (ip.is_reserved, "reserved"),
-        (not ip.is_global, "not globally routable"),
-    )
-    return next((label for hit, label in checks if hit), None)
-
-
-def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
-    """The IPv4 address inside an IPv4-mapped, NAT64 or 6to4 address, if any."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
-
-
 def literal_address(host: str) -> IPAddress | None:
     """The address `host` spells, including inet_aton's odd IPv4 forms; None for a name."""
     try:
@@ -246,11 +207,16 @@ def literal_address(host: str) -> IPAddress | None:
 
 
 def redact(url: str | httpx.URL) -> str:
-    """`url` as error messages show it: no credentials, query as `?…`, at most 200 chars."""
+    """`url` as error messages show it: no credentials, query as `?…`, at most 200 chars.
+
+    Never raises: an unparsable URL is shown escaped (surrogates and control characters as
+    `\\x..` escapes), since the text ends up in DLQ headers that must encode.
+    """
     try:
         u = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
+    except _URL_ERRORS:
         text = _USERINFO.sub("//", str(url)).split("?", 1)[0].split("#", 1)[0]
+        text = ascii(text)[1:-1]
     else:
         if u.scheme in SCHEMES:
             host = u.raw_host.decode("ascii")
@@ -281,6 +247,13 @@ class _AddressRefused(Exception):
 class _HostNotFound(Exception):
     def __init__(self, host: str) -> None:
         super().__init__(f"host {host} does not exist")
+
+
+class _InvalidHost(Exception):
+    """The resolver refused the name itself (the idna codec, an embedded NUL, ...)."""
+
+    def __init__(self, host: str, exc: BaseException) -> None:
+        super().__init__(f"invalid host name {ascii(host)[1:-1]} ({type(exc).__name__}: {exc})")
 
 
 class _Transient(Exception):
@@ -343,6 +316,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             except socket.gaierror as exc:
                 if exc.errno in _NAME_NOT_FOUND:
                     raise _HostNotFound(host) from exc
+                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+            except (ValueError, OverflowError) as exc:
+                # UnicodeError ("label empty or too long") from the idna codec, "embedded null
+                # character", a port C cannot hold: no resolver takes the name, no retry helps.
+                raise _InvalidHost(host, exc) from exc
+            except OSError as exc:
                 raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
             if not found:
                 raise httpcore.ConnectError(f"{host} resolved to no addresses")
@@ -543,7 +522,7 @@ class Fetcher:
         """One try: the redirect chain from `url` to a body, every hop checked first."""
         try:
             current = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as exc:
+        except _URL_ERRORS as exc:
             raise AcquireError(f"{redact(url)}: invalid URL ({exc})") from exc
         for _ in range(self._policy.max_redirects + 1):
             self._check_url(current)
@@ -554,7 +533,7 @@ class Fetcher:
                     if response.status_code in REDIRECT_STATUSES and location:
                         try:
                             current = current.join(location)
-                        except httpx.InvalidURL as exc:
+                        except _URL_ERRORS as exc:
                             raise AcquireError(f"{shown}: unusable redirect ({exc})") from exc
                         continue
                     self._check_status(shown, response)
@@ -567,14 +546,14 @@ class Fetcher:
                     )
             except _AddressRefused as exc:
                 raise FetchBlocked(f"{shown}: {exc}") from None
-            except _HostNotFound as exc:
+            except (_HostNotFound, _InvalidHost) as exc:
                 raise AcquireError(f"{shown}: {exc}") from None
             except httpx.TransportError as exc:
                 raise _classify(shown, exc) from exc
         raise AcquireError(f"{redact(url)}: more than {self._policy.max_redirects} redirects")
 
     def _check_url(self, url: httpx.URL) -> None:
-        """Refuse a hop before any connection: scheme, credentials, allowlist, literal IPs."""
+        """Refuse a hop before any connection: scheme, credentials, host, port, allowlist, IPs."""
         shown = redact(url)
         if url.scheme not in SCHEMES:
             raise FetchBlocked(f"{shown}: scheme {url.scheme!r} is not fetched (http/https only)")
@@ -587,13 +566,18 @@ class Fetcher:
             url.host  # noqa: B018 - IDNA-decodes the name, as httpx does when sending
         except ValueError as exc:  # idna.IDNAError (a UnicodeError) on malformed xn-- labels
             raise AcquireError(f"{shown}: invalid host name ({exc})") from None
+        if url.port is not None and not 0 < url.port <= _MAX_PORT:
+            raise AcquireError(f"{shown}: port {url.port} is outside 1-{_MAX_PORT}")
+        ip = literal_address(host)
+        name_problem = host_name_problem(host) if ip is None else None
+        if name_problem is not None:
+            raise AcquireError(f"{shown}: invalid host name ({name_problem})")
         if not self._policy.host_allowed(host):
             raise FetchBlocked(f"{shown}: host {host} is not in the fetch allowlist")
         if self._policy.allow_private:
             return
         if _is_internal_name(host):
             raise FetchBlocked(f"{shown}: host {host} is an internal name")
-        ip = literal_address(host)
         problem = None if ip is None else self._policy.address_problem(ip)
         if problem is not None:
             raise FetchBlocked(f"{shown}: address {ip} is {problem}")
