@@ -96,7 +96,8 @@ class Metrics:
         )
         self.cache = Counter(
             "moderator_cache_requests",
-            "Embedding cache lookups by kind (image, text) and result (hit, miss, error).",
+            "Embedding cache lookups by kind (img, txt) and result (hit, miss, invalid: an entry "
+            "of the wrong size or not a finite unit vector, served as a miss; error).",
             ["kind", "result"],
             registry=r,
         )

@@ -50,6 +50,7 @@ from moderator.http import HealthServer
 from moderator.log import configure, get
 from moderator.metrics import Metrics
 from moderator.offsets import OffsetTracker
+from moderator.policy.cache import image_namespace
 from moderator.policy.reload import PolicyReloader
 from moderator.prepare import prepare_record
 from moderator.publish import Failure, Publisher, verdict_headers
@@ -180,6 +181,7 @@ class Service:
                 s.redis.url.get_secret_value(),
                 timeout_s=s.redis.timeout_s,
                 on_result=self._cache_result,
+                dim=primary.embed_dim,
             )
             await self._cache.ping()
         self._reloader = PolicyReloader(
@@ -625,10 +627,11 @@ class Service:
         process when not given) through a batch."""
         assert self._batcher is not None
         runtime = self._runtimes[0]
-        namespace = f"img:{runtime.sha256}"
+        assert self._spec is not None
+        namespace = image_namespace(runtime.sha256, self._spec)
         if self._cache is not None:
             hit = (await self._cache.get_many(namespace, [image_sha]))[0]
-            if hit is not None and hit.shape == (runtime.embed_dim,):
+            if hit is not None:  # the cache serves only finite unit vectors of `dim`
                 return hit, True
         embedded = None
         if pixels is None:
