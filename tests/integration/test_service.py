@@ -331,3 +331,43 @@ async def test_embeddings_topic_carries_one_vector_per_image(
         vector = record["embedding"]
         assert len(vector) == 128
         assert abs(sum(x * x for x in vector) - 1.0) < 1e-3
+
+
+async def test_a_decode_process_killed_mid_stream_is_replaced_and_costs_no_event(
+    kafka_bootstrap: str, redis_url: str, topics: dict[str, str]
+) -> None:
+    env = _env(kafka_bootstrap, redis_url, topics, f"moderator-worker-{uuid.uuid4().hex[:8]}")
+    env["MODERATOR_PIPELINE__DECODE_WORKERS"] = "2"
+    env["MODERATOR_REDIS__ENABLED"] = "false"  # every event goes through a decode process
+    service = Service(load_settings(env))
+    task = asyncio.create_task(service.run())
+    records, labels = _events(600, seed=41, size=64)
+    watcher = await open_reader(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap), [topics["verdicts"]]
+    )
+    try:
+        await _produce(kafka_bootstrap, topics["input"], records)
+        answered: set[str] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while len(answered) < 30 and loop.time() < deadline:
+            for batch in (await watcher.getmany(timeout_ms=100)).values():
+                answered.update((r.key or b"").decode() for r in batch)
+        assert service._decode_pool is not None
+        victim = service._decode_pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert len(answered) < len(labels), "kill point missed: everything was answered"
+        verdicts, dead = await _collect(kafka_bootstrap, topics, set(labels), 120)
+        assert not task.done(), "the service stopped"
+        assert not dead, {k: v[0]["x-error-reason"] for k, v in dead.items()}
+        assert set(labels) <= set(verdicts)
+        assert victim not in service._decode_pool.pids()
+        replaced = service.metrics.registry.get_sample_value(
+            "moderator_decode_pool_replaced_total", {"pool": "main"}
+        )
+        assert replaced == 1
+    finally:
+        await watcher.stop()
+        service.stop()
+        assert await asyncio.wait_for(task, 60) == 0
+    print(f"decode process killed after {len(answered)} of {len(labels)} verdicts: 0 lost")
