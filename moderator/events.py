@@ -6,6 +6,13 @@
    `ce_specversion` headers, the raw image bytes as the value and `content-type: image/*`.
    Optional extension headers `ce_surface` and `ce_time` map to `surface` and `submitted_at`.
 
+Text ends up in verdicts, Kafka keys and logs, so both forms hold it to the same limits. The
+id, surface, source, image URL and CloudEvent attributes have a length cap and no control
+characters; no text anywhere (metadata keys and values included) may hold a lone surrogate, the
+JSON escape `\\ud800` that no UTF-8 encoder accepts. Metadata nests at most 32 levels, and JSON
+numbers are finite (`NaN`, `Infinity`, `1e999` are refused). A null header value reads as
+absent; a header key that is not text never matches.
+
 Anything else raises `EventError` (DLQ reason `invalid_event`) with a message naming the field.
 """
 
@@ -14,18 +21,33 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moderator.errors import EventError, TooLarge
 
 MAX_ID_LENGTH = 256  # ids are Kafka keys and Redis-free log fields: keep them short
+MAX_SURFACE_LENGTH = 128
+MAX_SOURCE_LENGTH = 512
+MAX_URL_LENGTH = 8192
 MAX_METADATA_BYTES = 64 * 1024  # echoed in every verdict: bounded so verdicts stay publishable
-Headers = Sequence[tuple[str, bytes]]
+MAX_METADATA_DEPTH = 32  # json.dumps recurses once per level: keep echoing far from the stack
+# CloudEvent attributes that are read but not echoed; bounded so error messages stay short.
+MAX_ATTRIBUTE_LENGTH = 256
+MAX_TIME_LENGTH = 64
+# Kafka allows null header values; keys the consumer could not decode arrive escaped.
+Headers = Sequence[tuple[str, bytes | None]]
+
+# Code points a JSON `\uXXXX` escape can leave unpaired: no UTF-8 encoder accepts them.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE_PROBLEM: Final = "contains a lone surrogate (U+D800-U+DFFF), which is not valid Unicode"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +64,53 @@ class ImageEvent:
     form: str = "json"
 
 
+def _text_problem(value: str, max_length: int) -> str | None:
+    """Why `value` cannot be echoed into a verdict or used as a key, or None."""
+    if len(value) > max_length:
+        return f"is {len(value)} characters; at most {max_length} are allowed"
+    if _SURROGATE.search(value):
+        return _SURROGATE_PROBLEM
+    if _CONTROL.search(value):
+        return "contains control characters"
+    return None
+
+
+def _check_text(value: Any, max_length: int) -> Any:
+    if isinstance(value, str) and (problem := _text_problem(value, max_length)):
+        raise ValueError(problem)
+    return value
+
+
 def _check_id(value: str) -> str:
     if not value or not value.strip():
         raise ValueError("must be a non-empty string")
-    if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"is {len(value)} characters; at most {MAX_ID_LENGTH} are allowed")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("contains control characters")
-    return value
+    return str(_check_text(value, MAX_ID_LENGTH))
+
+
+def _check_metadata(value: dict[Any, Any]) -> None:
+    """Refuse what would break echoing it: deep nesting, lone surrogates, non-finite numbers.
+
+    Iterative, so a hostile document cannot exhaust the stack here either.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise ValueError(f"has a value that {_SURROGATE_PROBLEM}")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("holds a non-finite number")
+        elif isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    if isinstance(key, str) and _SURROGATE.search(key):
+                        raise ValueError(f"has a key that {_SURROGATE_PROBLEM}")
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
 
 
 class JsonEvent(BaseModel):
@@ -58,17 +119,33 @@ class JsonEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     id: str
-    image_url: str | None = Field(None, max_length=8192)
+    image_url: str | None = Field(None, max_length=MAX_URL_LENGTH)
     image_b64: str | None = None
-    surface: str | None = Field(None, max_length=128)
-    source: str | None = Field(None, max_length=512)
+    surface: str | None = Field(None, max_length=MAX_SURFACE_LENGTH)
+    source: str | None = Field(None, max_length=MAX_SOURCE_LENGTH)
     metadata: dict[str, Any] | None = None
     submitted_at: datetime | None = None
 
-    @field_validator("id")
+    @field_validator("id", mode="before")
     @classmethod
-    def _valid_id(cls, value: str) -> str:
-        return _check_id(value)
+    def _valid_id(cls, value: Any) -> Any:
+        return _check_id(value) if isinstance(value, str) else value
+
+    # "before": these messages, rather than pydantic's, name what is wrong with the text.
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _valid_url(cls, value: Any) -> Any:
+        return _check_text(value, MAX_URL_LENGTH)
+
+    @field_validator("surface", mode="before")
+    @classmethod
+    def _valid_surface(cls, value: Any) -> Any:
+        return _check_text(value, MAX_SURFACE_LENGTH)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _valid_source(cls, value: Any) -> Any:
+        return _check_text(value, MAX_SOURCE_LENGTH)
 
     @field_validator("submitted_at", mode="before")
     @classmethod
@@ -81,12 +158,13 @@ class JsonEvent(BaseModel):
                 raise ValueError("must be an ISO 8601 timestamp") from exc
         return value
 
-    @field_validator("metadata")
+    @field_validator("metadata", mode="before")
     @classmethod
-    def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _echoable_metadata(cls, value: Any) -> Any:
         # Verdicts echo metadata; unbounded, it could make a verdict too large to publish
         # (ASCII-escaped, non-ASCII text grows up to 6x), which no retry can fix.
-        if value is not None:
+        if isinstance(value, dict):
+            _check_metadata(value)
             size = len(json.dumps(value))
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
@@ -100,19 +178,46 @@ class JsonEvent(BaseModel):
 
 
 def _header(headers: Headers, name: str) -> str | None:
+    """The first non-null header `name` (case-insensitive), decoded; a null value reads as
+    absent, and keys that are not text are never a match."""
     for key, value in headers:
-        if key.lower() == name:
-            try:
-                return value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise EventError(f"header {name} is not UTF-8") from exc
+        if not isinstance(key, str) or key.lower() != name or value is None:
+            continue
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise EventError(f"header {name} is not bytes")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(f"header {name} is not UTF-8") from exc
     return None
+
+
+def _attribute(headers: Headers, name: str, max_length: int) -> str | None:
+    """A CloudEvent attribute under the JSON form's limits for the same field."""
+    value = _header(headers, name)
+    if value is not None and (problem := _text_problem(value, max_length)):
+        raise EventError(f"{name} {problem}")
+    return value
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not allowed: events carry finite numbers only")
+
+
+def _finite_float(text: str) -> float:
+    # Literals such as 1e999 parse to inf without passing through parse_constant.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range: events carry finite numbers only")
+    return value
 
 
 def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
+        # ASCII-escaped and cut: a location can name an input key, and the message is echoed.
         where = ".".join(str(p) for p in error["loc"]) or "event"
+        where = where.encode("ascii", "backslashreplace").decode("ascii")[:80]
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
 
@@ -124,7 +229,7 @@ def parse_event(value: bytes | None, headers: Headers, *, max_bytes: int) -> Ima
     if not value:
         raise EventError("empty record value: expected a JSON event or a CloudEvent")
     try:
-        raw = json.loads(value)
+        raw = json.loads(value, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
         # 4300-digit limit; RecursionError is nesting deeper than the interpreter's stack.
@@ -159,25 +264,32 @@ def parse_event(value: bytes | None, headers: Headers, *, max_bytes: int) -> Ima
 
 
 def _parse_cloudevent(value: bytes | None, headers: Headers, *, max_bytes: int) -> ImageEvent:
-    missing = [
-        h for h in ("ce_id", "ce_type", "ce_source", "ce_specversion") if not _header(headers, h)
-    ]
+    required = {
+        "ce_id": MAX_ID_LENGTH,
+        "ce_type": MAX_ATTRIBUTE_LENGTH,
+        "ce_source": MAX_SOURCE_LENGTH,
+        "ce_specversion": MAX_ATTRIBUTE_LENGTH,
+    }
+    found = {h: _attribute(headers, h, limit) for h, limit in required.items()}
+    missing = [h for h, v in found.items() if not v]
     if missing:
         raise EventError(f"CloudEvent is missing required headers: {', '.join(missing)}")
-    event_id = _header(headers, "ce_id") or ""
+    event_id = found["ce_id"] or ""
     try:
         _check_id(event_id)
     except ValueError as exc:
         raise EventError(f"ce_id {exc}") from exc
-    content_type = _header(headers, "content-type") or ""
+    content_type = _attribute(headers, "content-type", MAX_ATTRIBUTE_LENGTH) or ""
     if not content_type.lower().startswith("image/"):
         raise EventError(f"CloudEvent content-type must be image/*, got {content_type!r}")
+    surface = _attribute(headers, "ce_surface", MAX_SURFACE_LENGTH)
+    ce_time = _attribute(headers, "ce_time", MAX_TIME_LENGTH)
     if not value:
         raise EventError("CloudEvent has an empty body")
     if len(value) > max_bytes:
         raise TooLarge(f"CloudEvent body is {len(value)} bytes; the limit is {max_bytes}")
     submitted: datetime | None = None
-    if ce_time := _header(headers, "ce_time"):
+    if ce_time:
         try:
             submitted = datetime.fromisoformat(ce_time.replace("Z", "+00:00"))
         except ValueError as exc:
@@ -185,8 +297,8 @@ def _parse_cloudevent(value: bytes | None, headers: Headers, *, max_bytes: int) 
     return ImageEvent(
         id=event_id,
         image_bytes=value,
-        surface=_header(headers, "ce_surface"),
-        source=_header(headers, "ce_source"),
+        surface=surface,
+        source=found["ce_source"],
         submitted_at=submitted,
         form="cloudevent",
     )
