@@ -49,3 +49,33 @@ async def test_unreachable_redis_degrades_to_misses_without_raising() -> None:
         assert await cache.ping() is False
     finally:
         await cache.aclose()
+
+
+async def test_foreign_and_corrupted_values_read_as_invalid_misses(
+    redis_url: str, redis_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    results: list[tuple[str, str, int]] = []
+    cache = RedisEmbeddingCache(
+        redis_url, prefix=redis_prefix.rstrip(":"), on_result=lambda *r: results.append(r), dim=8
+    )
+    good = np.full(8, 8**-0.5, dtype=np.float32)
+    bad = {
+        "short": good.tobytes()[:-4],
+        "odd": good.tobytes() + b"\x00",
+        "nan": np.full(8, np.nan, np.float32).tobytes(),
+        "zeros": np.zeros(8, np.float32).tobytes(),
+        "text": b"not a vector at all",
+    }
+    for name, value in bad.items():
+        await redis_client.set(f"{redis_prefix}img:m:{name}", value, ex=60)
+    try:
+        await cache.set_many("img:m", {"good": good, "unwritten": good * 2}, ttl_s=60)
+        got = await cache.get_many("img:m", ["good", "unwritten", *bad])
+    finally:
+        await cache.aclose()
+    assert got[0] is not None
+    np.testing.assert_array_equal(got[0], good)
+    assert got[1:] == [None] * (1 + len(bad))
+    assert await redis_client.exists(f"{redis_prefix}img:m:unwritten") == 0
+    assert sorted(results) == [("img", "hit", 1), ("img", "invalid", 5), ("img", "miss", 1)]
+    assert cache.available
