@@ -1,4 +1,8 @@
-"""Cache namespaces, entry checks and the in-memory cache's parity with Redis."""
+"""moderator.policy.cache: namespaces, entry checks, and the in-memory cache's parity with Redis.
+
+(Not test_cache.py: tests/unit/test_cache.py has that basename, and test modules share one
+import namespace.)
+"""
 
 from __future__ import annotations
 
