@@ -4,6 +4,9 @@ Sources, highest priority first: constructor arguments, `MODERATOR_*` environmen
 (nested with `__`, e.g. `MODERATOR_KAFKA__BOOTSTRAP_SERVERS`), a YAML file named by
 `MODERATOR_CONFIG` (or `--config`), then the defaults below. The README's settings table is
 generated from these models (`moderator settings --markdown`), so descriptions here are user docs.
+
+Errors never show a secret (`moderator.settings_errors` says how): a bad
+`MODERATOR_REDIS__URL` or SASL password is reported by name, never by value.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import UnionType
 from typing import Any, Final, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -26,6 +30,14 @@ from pydantic_settings import (
 )
 
 from moderator.errors import ConfigError
+from moderator.settings_errors import (
+    describe,
+    env_secrets,
+    mask,
+    secret_paths,
+    secrets_in,
+    yaml_problem,
+)
 from moderator.types import DEFAULT_ATTENTION, AttentionKernel
 
 ENV_PREFIX = "MODERATOR_"
@@ -79,6 +91,9 @@ class KafkaSettings(BaseModel):
     )
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class RedisSettings(BaseModel):
     url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
@@ -88,6 +103,35 @@ class RedisSettings(BaseModel):
     image_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of cached image embeddings.")
     text_ttl_s: int = Field(30 * 24 * 3600, ge=1, description="TTL of cached text embeddings.")
     timeout_s: float = Field(0.5, gt=0, description="Per-command timeout; Redis is optional.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        # Checked here so a typo fails at start with a message naming the part that is wrong;
+        # the messages name parts, never the URL, which may carry a password.
+        problem = _redis_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"not a usable Redis URL: {problem}")
+        return value
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What redis-py's `from_url` would reject or misread in `url`, or None."""
+    if not url.lower().startswith(_REDIS_SCHEMES):
+        return "the scheme must be redis://, rediss:// or unix://"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "its host or port does not parse (the port must be a number in 1-65535)"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs a socket path"
+    if port == 0:
+        return "port 0 is not a server port"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():  # redis-py would quietly use database 0
+        return "the path must be a database number (/0, /1, ...)"
+    return None
 
 
 Provider = Literal["cuda", "tensorrt", "cpu"]
@@ -264,12 +308,6 @@ def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
     return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"]]
-    var = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper()
-    return f"{var}: {error['msg']} (got {error.get('input')!r})"
-
-
 def load_settings(
     environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> Settings:
@@ -279,23 +317,33 @@ def load_settings(
     """
     env = dict(os.environ if environ is None else environ)
     path = config_file or (Path(env[CONFIG_FILE_VAR]) if env.get(CONFIG_FILE_VAR) else None)
+    paths = secret_paths(Settings)
+    secrets = env_secrets(env, paths, ENV_PREFIX, NESTED_DELIMITER)
     data: dict[str, Any] = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except OSError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            # `from None`: the chained PyYAML error would quote the line, secret and all.
+            raise ConfigError(f"config file {path}: {yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping of setting groups")
         data = loaded
+        secrets |= secrets_in(data, paths)
+    # The ConfigErrors below are raised `from None`: pydantic's own error text, which a
+    # traceback would print as the cause, repeats every input, secrets included.
     try:
         data = _merge(data, _env_source(env))
+        secrets |= secrets_in(data, paths)
         return Settings(**data)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc
+        lines = [describe(e, paths, ENV_PREFIX, NESTED_DELIMITER) for e in exc.errors()]
+        message = "invalid settings:\n  " + "\n  ".join(lines)
     except ValueError as exc:  # pydantic-settings raises this for unparsable JSON lists
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        message = f"invalid settings: {exc}"
+    raise ConfigError(mask(message, secrets)) from None
 
 
 def iter_settings_rows() -> Iterator[tuple[str, str, str, str]]:

@@ -1,7 +1,13 @@
+import json
+import logging
 import re
+import traceback
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from moderator.errors import ConfigError
 from moderator.settings import load_settings, settings_markdown, unknown_env_vars
@@ -69,3 +75,136 @@ def test_readme_settings_table_is_generated_from_the_model() -> None:
     assert found.group(1).strip() == settings_markdown().strip(), (
         "README settings table is stale: run `moderator settings --markdown` and paste it"
     )
+
+
+# --- secrets never appear in settings errors ----------------------------------------------------
+
+SECRET = "Zq8-hunter2-s3cr3t"
+
+
+def _failure(
+    env: dict[str, str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str]:
+    """The ConfigError's message, and everything else the failure left: chain, logs, output."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    captured = capsys.readouterr()
+    chain = "".join(traceback.format_exception(info.value))  # causes included
+    return str(info.value), chain + caplog.text + captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"MODERATOR_REDIS__URL": f"redis://:{SECRET}@cache:notaport/0"}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_REDIS__URL": f"redis://:{SECRET}@cache:99999/0"}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_REDIS__URL": f"redis://:{SECRET}@cache:0/0"}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_REDIS__URL": f"http://user:{SECRET}@cache/0"}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_REDIS__URL": f"redis://:{SECRET}@cache/db-one"}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_REDIS__URL": SECRET}, "MODERATOR_REDIS__URL"),
+        ({"MODERATOR_HTTP__PORT": f"redis://u:{SECRET}@cache/0"}, "MODERATOR_HTTP__PORT"),
+        (
+            {"MODERATOR_KAFKA": f'{{"sasl_password": "{SECRET}", "topic_partitions": "x"}}'},
+            "MODERATOR_KAFKA__TOPIC_PARTITIONS",
+        ),
+        ({"MODERATOR_KAFKA": f'{{"sasl_password": "{SECRET}", '}, "KafkaSettings"),
+        (
+            {"MODERATOR_KAFKA__SASL_PASSWORD": SECRET, "MODERATOR_KAFKA__TOPIC_PARTITIONS": "0"},
+            "MODERATOR_KAFKA__TOPIC_PARTITIONS",
+        ),
+    ],
+)
+def test_secrets_from_the_environment_never_appear(
+    env: dict[str, str],
+    variable: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    message, everything = _failure(env, caplog, capsys)
+    assert variable in message or "kafka" in message
+    assert SECRET not in message
+    assert SECRET not in everything
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "variable"),
+    [
+        (f"kafka:\n  sasl_password: [{SECRET}]\n", "MODERATOR_KAFKA__SASL_PASSWORD"),
+        (f"kafka:\n  sasl_password: {{v: {SECRET}}}\n", "MODERATOR_KAFKA__SASL_PASSWORD"),
+        ("kafka:\n  sasl_password: 86753091234567\n", "MODERATOR_KAFKA__SASL_PASSWORD"),
+        (f"redis:\n  url: [{SECRET}]\n", "MODERATOR_REDIS__URL"),
+        (f"redis:\n  url: 'redis://:{SECRET}@cache:x/0'\n", "MODERATOR_REDIS__URL"),
+        (f"cache:\n  url: 'redis://:{SECRET}@cache/0'\n", "MODERATOR_CACHE"),  # unknown group
+        (f'kafka:\n  sasl_password: "{SECRET}\n  group_id: g\n', "line 2, column 18"),
+        (f"kafka:\n  sasl_password: {SECRET}: x\n", "line 2"),
+    ],
+)
+def test_secrets_from_the_config_file_never_appear(
+    tmp_path: Path,
+    yaml_text: str,
+    variable: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "moderator.yaml"
+    config.write_text(yaml_text)
+    message, everything = _failure({"MODERATOR_CONFIG": str(config)}, caplog, capsys)
+    secret = "86753091234567" if "8675309" in yaml_text else SECRET
+    assert variable in message
+    assert secret not in message
+    assert secret not in everything
+
+
+def test_percent_encoded_passwords_are_masked_both_ways(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"MODERATOR_HTTP__PORT": "redis://u:p%40ss-Zq8secret@cache/0"}
+    message, everything = _failure(env, caplog, capsys)
+    assert "MODERATOR_HTTP__PORT" in message
+    for text in ("p%40ss-Zq8secret", "p@ss-Zq8secret"):
+        assert text not in everything
+
+
+def test_redis_urls_redis_py_accepts_still_load() -> None:
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@cache.example:6380/2",
+        "REDIS://cache",
+        "redis://user:p%40ss@cache:6379/0?socket_timeout=1",
+        "unix:///run/redis.sock?db=1",
+    ):
+        assert load_settings({"MODERATOR_REDIS__URL": url}).redis.url.get_secret_value() == url
+
+
+def test_start_up_through_the_cli_hides_the_secret() -> None:
+    from typer.testing import CliRunner
+
+    from moderator.cli import app
+
+    env = {"MODERATOR_REDIS__URL": f"redis://:{SECRET}@cache:notaport/0"}
+    for command in (["settings"], ["serve"]):
+        result = CliRunner().invoke(app, command, env=env)
+        assert result.exit_code == 2
+        assert "MODERATOR_REDIS__URL" in result.output
+        assert SECRET not in result.output
+        assert SECRET not in repr(result.exception)
+
+
+_SECRET_TEXT = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="*"), min_size=6, max_size=40
+)
+
+
+@given(secret=_SECRET_TEXT, form=st.integers(0, 3))
+def test_no_secret_text_survives_into_the_message(secret: str, form: int) -> None:
+    env = [
+        {"MODERATOR_REDIS__URL": secret},  # no scheme: refused
+        {"MODERATOR_REDIS__URL": f"redis://:{quote(secret, safe='')}@cache:bad/0"},
+        {"MODERATOR_KAFKA": json.dumps({"sasl_password": [secret]})},
+        {"MODERATOR_KAFKA__SASL_PASSWORD": secret, "MODERATOR_KAFKA__TOPIC_PARTITIONS": "0"},
+    ][form]
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert secret not in str(info.value)
+    assert quote(secret, safe="") not in str(info.value)
