@@ -43,21 +43,34 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _wire(text: str) -> bytes:
+    """The bytes a str read with `surrogateescape` came from; other lone surrogates are kept
+    as their (invalid) three-byte forms, for the callers to replace or escape."""
+    out = bytearray()
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(code - 0xDC00)
+        else:
+            out += char.encode("utf-8", "surrogatepass")
+    return bytes(out)
+
+
 def text_bytes(text: str) -> bytes:
-    """UTF-8 of any str: lone surrogates (from non-UTF-8 header names read leniently) come
-    back as the bytes they stood for, others as U+FFFD."""
+    """UTF-8 of any str; what is not valid UTF-8 (lone surrogates) becomes U+FFFD."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
+        return _wire(text).decode("utf-8", "replace").encode("utf-8")
 
 
 def safe_name(name: str) -> str:
-    """A header name aiokafka can send: non-UTF-8 bytes shown as backslash escapes."""
+    """A header name aiokafka can send: bytes that are not UTF-8 shown as backslash escapes
+    (a name read from the wire as b"\\xff" is sent as the four characters `\\xff`)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return _wire(name).decode("utf-8", "backslashreplace")
     return name
 
 
