@@ -66,9 +66,12 @@ def test_aiokafkas_reader_alone_fails_on_the_same_batch() -> None:
         list(batch)
 
 
-def test_compressed_batches_are_read_too() -> None:
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_are_read_too(codec: int) -> None:
     records = [(b"k%d" % i, b"x" * 5000, [(b"\xc3\x28", b"v")]) for i in range(3)]
-    read = _read_all(_batch(0, records, compression=1))  # gzip
+    data = _batch(0, records, compression=codec)
+    assert data[21 + 1] & 0x07 == codec  # the batch really is compressed (attributes, low byte)
+    read = _read_all(data)
     assert [(r[0], r[2]) for r in read] == [(i, b"x" * 5000) for i in range(3)]
 
 
