@@ -5,6 +5,8 @@ compile.py  ConceptSpecs → CompiledPolicy (embeddings cached by content)
 score.py    CompiledPolicy.score(embeddings, surfaces) → Outcome per image
 reload.py   PolicyReloader: poll, recompile, swap `current`
 cli.py      `moderator policy validate|explain|test|diff`
+tokens.py   prompt token counts without an Encoder: the shipped CLIP tokenizer, or a model's
+yamllines.py  YAML → plain data with line numbers, aliases and nesting bounded
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,9 +29,18 @@ from moderator.policy.evaluate import (
 )
 from moderator.policy.load import load_policies
 from moderator.policy.score import CompiledPolicy, Outcome, ScoreMatrix
+from moderator.policy.tokens import (
+    CLIP_CONTEXT_LENGTH,
+    MODEL_PATH_VAR,
+    TokenCounter,
+    clip_tokens,
+    configured_model,
+    model_tokens,
+)
 from moderator.types import Embeddings, Encoder
 
 EncoderLoader = Callable[[str], Encoder]
+TokensLoader = Callable[[str], TokenCounter]
 # Images per encoder call in the offline tools: small enough for a laptop CPU.
 IMAGE_BATCH = 32
 # Long prompts are cut in tables (only there) so a row fits a terminal.
@@ -54,8 +64,11 @@ SurfaceOption = Annotated[
 ]
 
 
-def make_app(load_encoder: EncoderLoader = load_cpu_model) -> typer.Typer:
-    """The `policy` command group, using `load_encoder` to turn `--model` into an Encoder."""
+def make_app(
+    load_encoder: EncoderLoader = load_cpu_model, load_tokens: TokensLoader = model_tokens
+) -> typer.Typer:
+    """The `policy` command group, using `load_encoder` to turn `--model` into an Encoder and
+    `load_tokens` to read the tokenizer of the model the environment names."""
     app = typer.Typer(
         help="Author policies: validate, explain, test, diff.",
         no_args_is_help=True,
@@ -71,17 +84,30 @@ def make_app(load_encoder: EncoderLoader = load_cpu_model) -> typer.Typer:
             typer.Option(
                 "--model",
                 "-m",
-                help="Check prompt lengths (and example images) "
-                "with this model instead of estimating.",
+                help="Count prompt tokens (and check example images) with this model. Default: "
+                f"the tokenizer of ${MODEL_PATH_VAR}'s model if set, else OpenAI CLIP's.",
             ),
         ] = None,
     ) -> None:
         """Check policies; print every problem as file:line: field: message (hint)."""
         encoder = load_encoder(model) if model else None
+        tokens: TokenCounter | None = encoder
+        counted = f"the model {model}"
+        if encoder is None:
+            configured = configured_model(os.environ)
+            counted = (
+                f"the tokenizer of {configured} (${MODEL_PATH_VAR})"
+                if configured
+                else f"OpenAI CLIP's tokenizer ({CLIP_CONTEXT_LENGTH} tokens at most)"
+            )
+            try:
+                tokens = load_tokens(configured) if configured else clip_tokens()
+            except ModeratorError as exc:
+                raise _fail(exc) from exc
         failed = False
         for path in paths:
             try:
-                loaded = load_policies(path, tokens=encoder)
+                loaded = load_policies(path, tokens=tokens)
                 if encoder is not None:
                     asyncio.run(compile_policy(loaded, encoder, MemoryEmbeddingCache()))
             except PolicyError as exc:
@@ -95,8 +121,7 @@ def make_app(load_encoder: EncoderLoader = load_cpu_model) -> typer.Typer:
                 f"ok: {path} ({len(loaded.concepts)} concepts, {loaded.name})",
                 fg=typer.colors.GREEN,
             )
-        if encoder is None:
-            typer.echo("note: prompt lengths were estimated; pass --model for an exact check")
+        typer.echo(f"note: prompt lengths counted with {counted}")
         if failed:
             raise typer.Exit(1)
 

@@ -12,11 +12,10 @@ before anything is raised, so one run lists all problems, not the first.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -33,22 +32,15 @@ from moderator.policy.schema import (
     Scoring,
     Severity,
 )
-from moderator.policy.yamllines import LineMap, Loc, to_python
+from moderator.policy.tokens import TokenCounter, clip_tokens
+from moderator.policy.yamllines import LineMap, Loc, YAMLLimitError, compose, to_python
+
+__all__ = ["ConceptSpec", "PolicySet", "TokenCounter", "load_policies", "policy_files"]
 
 POLICY_SUFFIXES = (".yaml", ".yml")
-# Without a model the token count of a prompt can only be estimated; CLIP text encoders read
-# 77 tokens (start and end markers included), so that is the limit the estimate is held to.
-ESTIMATED_CONTEXT_LENGTH = 77
-_WORD_OR_MARK = re.compile(r"[A-Za-z]+|\d|[^\sA-Za-z\d]")
-
-
-class TokenCounter(Protocol):
-    """The part of an Encoder the length check needs (any `types.Encoder` satisfies it)."""
-
-    @property
-    def context_length(self) -> int: ...
-
-    def count_tokens(self, text: str) -> int: ...
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest policy file read, as much as a Kubernetes ConfigMap holds: hundreds of concepts fit
+in a tenth of it, and PyYAML (pure Python, for the line marks) needs seconds per MiB."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +61,7 @@ class ConceptSpec:
     threshold: float
     review_band: float
     surfaces: tuple[str, ...] | None
+    """Case-folded (events' surfaces match case-insensitively); None means every surface."""
     examples: tuple[Path, ...]
     example_threshold: float
     origin: str
@@ -131,11 +124,13 @@ def load_policies(
 ) -> PolicySet:
     """Load and validate policy files/folders as one set; raises PolicyError listing every problem.
 
-    `tokens` (usually the Encoder) makes the prompt-length check exact; without it lengths are
-    estimated against 77 tokens and overlong prompts are only warned about.
+    Prompt lengths are counted with `tokens` (usually the Encoder), or without it with OpenAI
+    CLIP's tokenizer against its 77 tokens; a prompt over the limit is an error either way.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
+    if tokens is None:
+        tokens = clip_tokens()
     problems: list[str] = []
     warnings: list[str] = []
     loaded: list[_LoadedFile] = []
@@ -167,11 +162,6 @@ def load_policies(
     )
 
 
-def estimate_tokens(text: str) -> int:
-    """Rough CLIP token count: one per word, digit or punctuation mark, plus start/end markers."""
-    return len(_WORD_OR_MARK.findall(text)) + 2
-
-
 # --- checking one file ------------------------------------------------------------------------
 
 
@@ -192,7 +182,7 @@ class _FileResult:
 class _FileChecker:
     """Validates one file, collecting `file:line: field: message (hint)` lines."""
 
-    def __init__(self, path: Path, tokens: TokenCounter | None) -> None:
+    def __init__(self, path: Path, tokens: TokenCounter) -> None:
         self.path = path
         self.root = path.absolute().parent
         self.tokens = tokens
@@ -249,12 +239,24 @@ class _FileChecker:
 
     def _read(self) -> bool:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                self.result.problems.append(
+                    f"{self.path}: over {MAX_FILE_BYTES} bytes, too large for a policy file "
+                    "(split it into several files in one folder)"
+                )
+                return False
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             self.result.problems.append(f"{self.path}: cannot read: {exc}")
             return False
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            node = compose(text)
+        except YAMLLimitError as exc:  # before its base class, whose hint is about syntax
+            line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+            self.result.problems.append(f"{self.path}:{line}: YAML: {exc.problem}")
+            return False
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
@@ -270,7 +272,7 @@ class _FileChecker:
         dupes: list[tuple[Loc, int, int]] = []
         try:
             self.raw = None if node is None else to_python(node, (), self.lines, dupes)
-        except ConstructorError as exc:
+        except (ConstructorError, YAMLLimitError) as exc:
             line = exc.problem_mark.line + 1 if exc.problem_mark else 1
             self.result.problems.append(f"{self.path}:{line}: YAML: {exc.problem}")
             return False
@@ -368,22 +370,13 @@ class _FileChecker:
             )
 
     def _check_length(self, loc: Loc, text: str) -> None:
-        if self.tokens is not None:
-            count, limit = self.tokens.count_tokens(text), self.tokens.context_length
-            if count > limit:
-                self.error(
-                    loc,
-                    f"{count} tokens, the model reads at most {limit}",
-                    "shorten it; moderator never cuts prompts silently",
-                )
-            return
-        estimate = estimate_tokens(text)
-        if estimate > ESTIMATED_CONTEXT_LENGTH:
-            self.warn(
+        count, limit = self.tokens.count_tokens(text), self.tokens.context_length
+        if count > limit:
+            reader = getattr(self.tokens, "reader", "the model")
+            self.error(
                 loc,
-                f"about {estimate} tokens (estimated without a model); CLIP reads at most "
-                f"{ESTIMATED_CONTEXT_LENGTH}",
-                "shorten it, or run `moderator policy validate --model M` for an exact count",
+                f"{count} tokens, {reader} reads at most {limit}",
+                "shorten it; moderator never cuts prompts silently",
             )
 
     def _check_example(self, loc: Loc, example: str) -> None:
@@ -488,7 +481,11 @@ def _resolve(item: _LoadedFile) -> list[ConceptSpec]:
                 benign=benign,
                 threshold=c.threshold if c.threshold is not None else default_threshold,
                 review_band=c.review_band if c.review_band is not None else d.review_band,
-                surfaces=tuple(dict.fromkeys(c.surfaces)) if c.surfaces is not None else None,
+                surfaces=(
+                    tuple(dict.fromkeys(s.casefold() for s in c.surfaces))
+                    if c.surfaces is not None
+                    else None
+                ),
                 examples=tuple((item.path.absolute().parent / e).resolve() for e in c.examples),
                 example_threshold=(
                     c.example_threshold if c.example_threshold is not None else d.example_threshold

@@ -13,8 +13,10 @@ Per concept c with prompts P, counter-prompts Q, benign texts B (cosines s(t) wi
     near       threshold − review_band ≤ score < threshold, not suppressed, action flag/review
     example    max_{e∈examples} cos(x, e) ≥ example_threshold   (a match; counters do not apply)
 
-Decision over the enforced concepts that apply to the image's surface: flag if a `flag` concept
-matches; else review if a `review` concept matches or any concept is near; else allow.
+Decision over the enforced concepts that apply to the image's surface (all of them when the
+event has no surface or one no concept names; surfaces compare case-insensitively): flag if a
+`flag` concept matches; else review if a `review` concept matches or any concept is near; else
+allow.
 Shadow concepts are reported but never decide; `log` concepts are reported and allow.
 """
 
@@ -256,9 +258,12 @@ class CompiledPolicy:
         )
         benign_index, benign_mask = _table([[row[t] for t in c.benign] for c in concepts])
         example_index, example_mask = _table(example_rows)
-        surfaces = sorted({s for c in concepts for s in c.surfaces or ()})
+        named = [
+            None if c.surfaces is None else {s.casefold() for s in c.surfaces} for c in concepts
+        ]
+        surfaces = sorted({s for own in named for s in own or ()})
         surface_masks = {
-            s: _frozen(np.array([c.surfaces is None or s in c.surfaces for c in concepts]))
+            s: _frozen(np.array([own is None or s in own for own in named], dtype=np.bool_))
             for s in surfaces
         }
 
@@ -300,16 +305,28 @@ class CompiledPolicy:
     def concept_ids(self) -> tuple[str, ...]:
         return tuple(c.id for c in self.concepts)
 
+    @property
+    def surfaces(self) -> tuple[str, ...]:
+        """Every surface a concept names, case-folded and sorted."""
+        return tuple(self.surface_masks)
+
+    def knows_surface(self, surface: str) -> bool:
+        """Whether some concept names `surface` (case-insensitively)."""
+        return surface.casefold() in self.surface_masks
+
     def applicable(self, surfaces: Sequence[str | None]) -> Mask:
-        """(b, c): concept applies to the event's surface. No surface → every concept applies
-        (fail closed: an event that lost its surface is checked by the strictest rules)."""
-        everywhere = ~self.restricted
-        rows = []
-        for surface in surfaces:
-            if surface is None:
-                rows.append(np.ones(len(self.concepts), dtype=np.bool_))
-            else:
-                rows.append(self.surface_masks.get(surface, everywhere))
+        """(b, c): concept applies to the event's surface, compared case-insensitively.
+
+        Fail closed: an event without a surface, or from a surface no concept names (a new
+        upload path, a typo in a producer), is checked by every concept. Limiting concepts to
+        surfaces narrows them only where the policy knows the surface.
+        """
+        everywhere = np.ones(len(self.concepts), dtype=np.bool_)
+        masks = self.surface_masks
+        rows = [
+            everywhere if surface is None else masks.get(surface.casefold(), everywhere)
+            for surface in surfaces
+        ]
         return np.array(rows, dtype=np.bool_).reshape(len(surfaces), len(self.concepts))
 
     def scores(self, image_embeddings: Embeddings) -> ScoreMatrix:

@@ -47,11 +47,64 @@ def labeled(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_configured_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODERATOR_MODEL__PATH", raising=False)
+
+
 def test_validate_ok(policy: Path) -> None:
     result = runner.invoke(app, ["validate", str(policy)])
     assert result.exit_code == 0, result.output
     assert f"ok: {policy} (1 concepts, test)" in result.output
-    assert "prompt lengths were estimated" in result.output
+    assert "note: prompt lengths counted with OpenAI CLIP's tokenizer" in result.output
+
+
+def test_validate_without_a_model_refuses_a_prompt_clip_cannot_read(policy: Path) -> None:
+    long = ", ".join(["a photo of a handgun"] * 20) + " today"  # 142 tokens with the markers
+    policy.write_text(POLICY.replace("a person holding a rifle", f'"{long}"'))
+    result = runner.invoke(app, ["validate", str(policy)])
+    assert result.exit_code == 1
+    assert (
+        f"{policy}:7: concepts[weapons.firearm].prompts[1]: 142 tokens, CLIP reads at most 77 "
+        "(shorten it; moderator never cuts prompts silently)"
+    ) in result.output.splitlines()
+    assert "ok:" not in result.output
+
+
+def test_validate_counts_with_the_configured_models_tokenizer(
+    policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def load_tokens(spec: str) -> FakeEncoder:
+        asked.append(spec)
+        return FakeEncoder(context_length=6)
+
+    monkeypatch.setenv("MODERATOR_MODEL__PATH", "/models/b32")
+    result = runner.invoke(make_app(load_tokens=load_tokens), ["validate", str(policy)])
+    assert asked == ["/models/b32"]
+    assert result.exit_code == 1
+    assert "prompts[1]: 7 tokens, the model reads at most 6" in result.output
+    assert "counted with the tokenizer of /models/b32 ($MODERATOR_MODEL__PATH)" in result.output
+
+
+def test_validate_reads_the_demo_models_tokenizer_from_the_environment(
+    policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODERATOR_MODEL__PATH", "demo")  # 32 tokens, one a word
+    policy.write_text(POLICY.replace("a person holding a rifle", " ".join(["red"] * 31)))
+    result = runner.invoke(app, ["validate", str(policy)])
+    assert result.exit_code == 1
+    assert "prompts[1]: 33 tokens, the model demo reads at most 32" in result.output
+
+
+def test_validate_with_an_unusable_configured_model_says_why(
+    policy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODERATOR_MODEL__PATH", str(tmp_path / "missing"))
+    result = runner.invoke(app, ["validate", str(policy)])
+    assert result.exit_code == 1
+    assert f"error: model directory {tmp_path / 'missing'} does not exist" in result.output
 
 
 def test_validate_lists_every_problem_and_exits_1(policy: Path, tmp_path: Path) -> None:
@@ -96,13 +149,19 @@ def test_explain_shows_scores_and_the_reason(policy: Path, tmp_path: Path) -> No
 
 
 def test_explain_marks_concepts_outside_the_surface(policy: Path, tmp_path: Path) -> None:
-    policy.write_text(POLICY + "    surfaces: [profile_photo]\n")
+    other = "  - id: drugs.pills\n    category: drugs\n    prompts: [pills]\n    surfaces: [post]\n"
+    policy.write_text(POLICY + "    surfaces: [profile_photo]\n" + other)
     image = tmp_path / "gun.png"
     image.write_bytes(make_png("a photo of a handgun", seed=1))
-    args = ["explain", "-m", "fake", "-p", str(policy), "--surface", "post", str(image)]
+    args = ["explain", "-m", "fake", "-p", str(policy), "--surface", "Post", str(image)]
     result = runner.invoke(app, args)
     assert "decision  ALLOW" in result.output
     assert "n/a (surface)" in result.output
+    # A surface the policy does not name is checked by every concept.
+    args[args.index("Post")] = "story"
+    result = runner.invoke(app, args)
+    assert "decision  FLAG: weapons.firearm match" in result.output
+    assert "n/a (surface)" not in result.output
 
 
 def test_test_reports_json_and_draws_plots(policy: Path, labeled: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from fakes import FakeEncoder
 
 from moderator.errors import PolicyError
-from moderator.policy.load import estimate_tokens, load_policies
+from moderator.policy.load import load_policies
 from moderator.policy.schema import Action, Mode, Scoring, Severity
 
 GOOD = """\
@@ -98,18 +98,23 @@ def test_prompt_over_the_models_context_length(tmp_path: Path) -> None:
     )
 
 
-def test_without_a_model_prompt_length_is_estimated_and_only_warned(tmp_path: Path) -> None:
+def test_without_a_model_prompts_are_counted_with_clip_and_overlong_ones_fail(
+    tmp_path: Path,
+) -> None:
     long = " ".join(["word"] * 80)
     path = write(tmp_path, GOOD.replace("[a photo of a handgun]", f"[a handgun, {long}]"))
-    (warning,) = load_policies(path).warnings
-    assert warning.startswith(f"{path}:7: concepts[weapons.firearm].prompts[1]: about 82 tokens")
-    assert "estimated without a model" in warning
-    assert "--model" in warning
+    assert only(problems(path)) == (
+        f"{path}:7: concepts[weapons.firearm].prompts[1]: 82 tokens, CLIP reads at most 77 "
+        "(shorten it; moderator never cuts prompts silently)"
+    )
 
 
-def test_token_estimate_counts_words_and_punctuation() -> None:
-    assert estimate_tokens("a photo of a handgun") == 7
-    assert estimate_tokens("a dog, sitting.") == 7
+def test_a_prompt_of_exactly_77_clip_tokens_passes(tmp_path: Path) -> None:
+    fits = " ".join(["word"] * 75)  # one token each, plus the start and end markers
+    loaded = load_policies(write(tmp_path, GOOD.replace("a photo of a handgun", fits)))
+    assert loaded.concepts[0].prompts == (fits,)
+    over = write(tmp_path, GOOD.replace("a photo of a handgun", fits + "!"), "over.yaml")
+    assert "78 tokens, CLIP reads at most 77" in only(problems(over))
 
 
 def test_absolute_threshold_outside_cosine_range(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ number the test names.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import textwrap
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeEncoder, make_png
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moderator.policy.compile import compile_policy
 from moderator.policy.load import load_policies
@@ -152,21 +155,85 @@ async def test_shadow_concepts_are_reported_but_never_decide(tmp_path: Path) -> 
     assert [s.status for s in near.shadow] == [Status.NEAR]
 
 
+PILLS_ON_POSTS = """\
+  - id: d.pills
+    category: drugs
+    prompts: [pills]
+    surfaces: [post]
+"""
+
+
 async def test_surfaces_limit_where_a_concept_applies(tmp_path: Path) -> None:
-    policy = await compile_yaml(tmp_path, GUN + "    surfaces: [profile_photo, avatar]\n")
+    policy = await compile_yaml(
+        tmp_path, GUN + "    surfaces: [profile_photo, avatar]\n" + PILLS_ON_POSTS
+    )
     vector = image(gun=0.40)
     assert one(policy, vector, "profile_photo").decision is Decision.FLAG
     assert one(policy, vector, "avatar").decision is Decision.FLAG
-    other = one(policy, vector, "post")
+    other = one(policy, vector, "post")  # a surface the policy knows, not the gun's
     assert other.decision is Decision.ALLOW
-    assert other.top == ()
+    assert [s.concept_id for s in other.top] == ["d.pills"]
     # No surface on the event: every concept applies (fail closed).
     assert one(policy, vector, None).decision is Decision.FLAG
+
+
+async def test_unknown_surfaces_are_checked_by_every_concept(tmp_path: Path) -> None:
+    policy = await compile_yaml(tmp_path, GUN + "    surfaces: [profile_photo]\n" + PILLS_ON_POSTS)
+    assert not policy.knows_surface("livestream")
+    outcome = one(policy, image(gun=0.40), "livestream")
+    assert outcome.decision is Decision.FLAG  # fail closed, as without a surface
+    assert {s.concept_id for s in outcome.top} == {"w.gun", "d.pills"}
+    assert policy.applicable(["livestream"]).tolist() == policy.applicable([None]).tolist()
+
+
+async def test_surfaces_match_case_insensitively(tmp_path: Path) -> None:
+    policy = await compile_yaml(tmp_path, GUN + "    surfaces: [Profile_Photo]\n" + PILLS_ON_POSTS)
+    assert policy.concepts[0].surfaces == ("profile_photo",)
+    assert policy.surfaces == ("post", "profile_photo")
+    for surface in ("profile_photo", "PROFILE_PHOTO", "Profile_photo"):
+        assert policy.knows_surface(surface)
+        assert one(policy, image(gun=0.40), surface).decision is Decision.FLAG
+    assert one(policy, image(gun=0.40), "POST").decision is Decision.ALLOW
+
+
+async def test_surfaces_differing_only_in_case_are_one_surface_and_one_version(
+    tmp_path: Path,
+) -> None:
+    lower = await compile_yaml(tmp_path, GUN + "    surfaces: [post, avatar]\n")
+    mixed = await compile_yaml(tmp_path, GUN + "    surfaces: [POST, Avatar, avatar]\n")
+    assert mixed.concepts[0].surfaces == ("post", "avatar")
+    assert mixed.version == lower.version
 
 
 async def test_unrestricted_concepts_apply_to_unknown_surfaces(tmp_path: Path) -> None:
     policy = await compile_yaml(tmp_path, GUN)
     assert one(policy, image(gun=0.40), "never-heard-of-it").decision is Decision.FLAG
+    assert policy.surfaces == ()
+    assert not policy.knows_surface("never-heard-of-it")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["post", "POST", "Avatar"])))
+def test_a_surface_narrows_concepts_only_when_the_policy_names_it(
+    surface_policy: CompiledPolicy, surface: str | None
+) -> None:
+    (row,) = surface_policy.applicable([surface]).tolist()
+    known = surface is not None and surface_policy.knows_surface(surface)
+    assert known == (surface is not None and surface.casefold() in {"post", "avatar"})
+    if not known:
+        assert row == [True, True, True]  # fail closed
+    else:
+        assert surface is not None
+        assert row == [True, surface.casefold() == "post", surface.casefold() == "avatar"]
+        assert surface_policy.applicable([surface.casefold()]).tolist() == [row]
+
+
+@pytest.fixture(scope="module")
+def surface_policy(tmp_path_factory: pytest.TempPathFactory) -> CompiledPolicy:
+    """Three concepts: everywhere, posts only, avatars only."""
+    text = GUN + PILLS_ON_POSTS + "  - id: x.star\n    category: x\n    prompts: [star]\n"
+    text += "    surfaces: [AVATAR]\n"
+    return asyncio.run(compile_yaml(tmp_path_factory.mktemp("surfaces"), text))
 
 
 async def test_reference_example_matches_by_image_cosine(tmp_path: Path) -> None:
