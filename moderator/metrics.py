@@ -128,6 +128,12 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.budget_used = Gauge(
+            "moderator_memory_budget_used_bytes",
+            "Image bytes held against pipeline.memory_budget_bytes (records in flight, "
+            "downloads); at the budget the consumer pauses.",
+            registry=r,
+        )
         self.decode_pool_replaced = Counter(
             "moderator_decode_pool_replaced",
             "Decode pools replaced after a process died (main: the serving pool; quarantine: "

@@ -32,6 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from moderator import kafka, loop_lag
 from moderator.acquire import Fetcher, FetchPolicy
 from moderator.batch import Batcher, DeviceInfer, NotDecoded
+from moderator.budget import MemoryBudget
 from moderator.cache import RedisEmbeddingCache
 from moderator.decode import PreprocessSpec, decode_image
 from moderator.decode_gpu import GpuJpegDecoder, gpu_eligible
@@ -93,6 +94,8 @@ class Service:
         self.metrics = metrics or Metrics()
         self.tracker = OffsetTracker()
         self._tasks: dict[_TP, set[asyncio.Task[None]]] = defaultdict(set)
+        self.budget = MemoryBudget(settings.pipeline.memory_budget_bytes)
+        self._held: dict[asyncio.Task[None], int] = {}  # budget bytes each event holds
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._joined = False
@@ -381,12 +384,18 @@ class Service:
         )
         tasks = self._tasks[key]
         tasks.add(task)
+        size = len(record.value or b"") + len(record.key or b"")
+        self.budget.charge(size)
+        self._held[task] = size
         task.add_done_callback(lambda t: self._task_done(key, t))
         self.metrics.in_flight.set(self.tracker.in_flight())
+        self.metrics.budget_used.set(self.budget.used)
 
     def _task_done(self, key: _TP, task: asyncio.Task[None]) -> None:
         self._tasks[key].discard(task)
+        self.budget.release(self._held.pop(task, 0))
         self.metrics.in_flight.set(self.tracker.in_flight())
+        self.metrics.budget_used.set(self.budget.used)
         if task.cancelled():
             return
         exc = task.exception()
@@ -402,11 +411,12 @@ class Service:
         limit = self.settings.pipeline.max_in_flight
         in_flight = self.tracker.in_flight()
         assigned = self._consumer.assignment()
-        if not self._paused and in_flight >= limit and assigned:
+        budget = self.budget
+        if not self._paused and (in_flight >= limit or budget.spent) and assigned:
             self._consumer.pause(*assigned)
             self._paused = True
             self.metrics.paused.set(len(assigned))
-        elif self._paused and in_flight <= limit // 2:
+        elif self._paused and in_flight <= limit // 2 and budget.used <= budget.limit // 2:
             self._consumer.resume(*assigned)
             self._paused = False
             self.metrics.paused.set(0)
@@ -566,7 +576,14 @@ class Service:
         assert self._fetcher is not None
         assert event.image_url is not None
         t = time.monotonic()
-        fetched = await self._fetcher.fetch(event.image_url)
+        # The download may bring max_image_bytes: that much must fit the budget first. Once
+        # it is here, the event holds what it brought until it is answered.
+        async with self.budget.reserve(self.settings.pipeline.max_image_bytes):
+            fetched = await self._fetcher.fetch(event.image_url)
+        task = asyncio.current_task()
+        if task in self._held:  # an event `_accept` started: released when it is answered
+            self.budget.charge(len(fetched.data))
+            self._held[task] += len(fetched.data)
         timings["acquire"] = time.monotonic() - t
         self.metrics.stage_seconds.labels("acquire").observe(timings["acquire"])
         return fetched.data, fetched.attempts

@@ -187,6 +187,14 @@ class PipelineSettings(BaseModel):
         "when CPU decoding bounds, but a much longer latency tail (docs/performance.md).",
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest accepted image.")
+    memory_budget_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024 * 1024,
+        description="Image bytes held at once: consumed records until answered, and a "
+        "max_image_bytes reservation per URL download. While it is spent the consumer pauses "
+        "and downloads wait. Keep it well under the pod's memory limit: the model, ORT and "
+        "each decode process need their own.",
+    )
     max_image_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard.")
     allowed_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],

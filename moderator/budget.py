@@ -1,0 +1,67 @@
+"""One memory budget for the image bytes a replica holds at once.
+
+Counting events alone does not bound memory: 1024 events in flight × 20 MiB images is 20 GiB.
+The budget counts bytes instead, from one setting (`pipeline.memory_budget_bytes`):
+
+* a consumed record's value is charged when it is accepted and released when its event is
+  answered (`charge`/`release`): the bytes are already in memory, so the charge cannot wait,
+  but while the budget is spent the consumer stays paused and nothing more is fetched;
+* a URL download reserves the most it may bring (`max_image_bytes`) before it starts, and
+  waits while that does not fit (`reserve`): concurrent downloads are bounded by the budget
+  too, however many URL events are in flight.
+
+Single event loop only; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+__all__ = ["MemoryBudget"]
+
+
+class MemoryBudget:
+    """Bytes in use against a limit. `used` may pass `limit` through `charge`, never
+    through `reserve`."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a memory budget needs at least one byte")
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    def charge(self, size: int) -> None:
+        """Count bytes that are already held (a fetched record)."""
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+        loop_waiters = self._freed
+        # Wake reservations; notify needs the lock, so it runs as its own small task.
+        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
+            asyncio.get_running_loop().create_task(_notify(loop_waiters))
+
+    @property
+    def spent(self) -> bool:
+        """True while no more should be fetched."""
+        return self.used >= self.limit
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes for the block, waiting until they fit. A request larger than the
+        whole budget waits until nothing else is held, then goes alone."""
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used + size <= self.limit or self.used == 0)
+            self.used += size
+        try:
+            yield
+        finally:
+            self.release(size)
+
+
+async def _notify(condition: asyncio.Condition) -> None:
+    async with condition:
+        condition.notify_all()
