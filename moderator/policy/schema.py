@@ -164,7 +164,7 @@ class Concept(_Strict):
         min_length=1,
         description="Apply only to events from these surfaces (e.g. `profile_photo`), compared "
         "case-insensitively (stored in lower case). Leave out to apply everywhere. Events "
-        "without a surface, or from a surface no concept names, are checked by every concept.",
+        "without a surface are checked by every concept.",
     )
     examples: list[Text] = Field(
         default_factory=list,

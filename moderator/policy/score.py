@@ -317,14 +317,17 @@ class CompiledPolicy:
     def applicable(self, surfaces: Sequence[str | None]) -> Mask:
         """(b, c): concept applies to the event's surface, compared case-insensitively.
 
-        Fail closed: an event without a surface, or from a surface no concept names (a new
-        upload path, a typo in a producer), is checked by every concept. Limiting concepts to
-        surfaces narrows them only where the policy knows the surface.
+        An event without a surface is checked by every concept (fail closed: it lost the one
+        field that could narrow them). An event from a surface no concept names is checked by
+        the concepts without `surfaces`: a concept limited to surfaces says where it applies,
+        and a surface it does not list is not one of them. The service counts such events
+        (`moderator_unknown_surfaces_total`), so a producer's typo shows up on a dashboard.
         """
         everywhere = np.ones(len(self.concepts), dtype=np.bool_)
+        unrestricted = ~self.restricted
         masks = self.surface_masks
         rows = [
-            everywhere if surface is None else masks.get(surface.casefold(), everywhere)
+            everywhere if surface is None else masks.get(surface.casefold(), unrestricted)
             for surface in surfaces
         ]
         return np.array(rows, dtype=np.bool_).reshape(len(surfaces), len(self.concepts))

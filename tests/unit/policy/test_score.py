@@ -177,13 +177,16 @@ async def test_surfaces_limit_where_a_concept_applies(tmp_path: Path) -> None:
     assert one(policy, vector, None).decision is Decision.FLAG
 
 
-async def test_unknown_surfaces_are_checked_by_every_concept(tmp_path: Path) -> None:
+async def test_unknown_surfaces_are_checked_by_the_unrestricted_concepts_only(
+    tmp_path: Path,
+) -> None:
     policy = await compile_yaml(tmp_path, GUN + "    surfaces: [profile_photo]\n" + PILLS_ON_POSTS)
     assert not policy.knows_surface("livestream")
     outcome = one(policy, image(gun=0.40), "livestream")
-    assert outcome.decision is Decision.FLAG  # fail closed, as without a surface
-    assert {s.concept_id for s in outcome.top} == {"w.gun", "d.pills"}
-    assert policy.applicable(["livestream"]).tolist() == policy.applicable([None]).tolist()
+    assert outcome.decision is Decision.ALLOW  # the gun concept is for profile photos only
+    assert outcome.top == ()
+    everywhere = await compile_yaml(tmp_path, GUN + PILLS_ON_POSTS)
+    assert one(everywhere, image(gun=0.40), "livestream").decision is Decision.FLAG
 
 
 async def test_surfaces_match_case_insensitively(tmp_path: Path) -> None:
@@ -220,8 +223,10 @@ def test_a_surface_narrows_concepts_only_when_the_policy_names_it(
     (row,) = surface_policy.applicable([surface]).tolist()
     known = surface is not None and surface_policy.knows_surface(surface)
     assert known == (surface is not None and surface.casefold() in {"post", "avatar"})
-    if not known:
-        assert row == [True, True, True]  # fail closed
+    if surface is None:
+        assert row == [True, True, True]  # no surface: every concept
+    elif not known:
+        assert row == [True, False, False]  # only the concept without surfaces
     else:
         assert surface is not None
         assert row == [True, surface.casefold() == "post", surface.casefold() == "avatar"]
