@@ -50,10 +50,16 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-def make_consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    settings: KafkaSettings,
+    *topics: str,
+    max_decompressed: int = kafka_records.DEFAULT_MAX_DECOMPRESSED,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
     """A group consumer with auto-commit off: offsets are committed only after acks. Fetched
-    batches are read by `kafka_records`, so no record's bytes can stop it."""
-    kafka_records.install()
+    batches are read by `kafka_records`, so no record's bytes can stop it, and no compressed
+    batch inflates past `max_decompressed` bytes."""
+    kafka_records.install(max_decompressed)
     options = _common(settings) | {
         "group_id": settings.group_id,
         "enable_auto_commit": False,

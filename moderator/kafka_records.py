@@ -13,21 +13,39 @@ record-batch v2 layout, with header names decoded as UTF-8 with `surrogateescape
 original bytes stay recoverable) and a null header name read as "". Records yielded before
 the failure are not yielded twice. A batch this reader cannot read either raises the
 original error: the broker validated the batch, so that means a broker or aiokafka fault.
+
+A compressed batch is first decompressed here into a bounded buffer (`max_decompressed`): a
+batch of 1 MB on the broker can hold gigabytes once inflated. One that does not fit is not
+decompressed at all: each of its offsets comes out as a record with no key or value and one
+header, `UNREADABLE` (its value says why), which the service dead-letters as `too_large`.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import cramjam
 from aiokafka import codec
 from aiokafka.consumer import fetcher as _fetcher
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
 
-__all__ = ["LenientMemoryRecords", "LenientRecord", "install", "read_batch"]
+__all__ = [
+    "DEFAULT_MAX_DECOMPRESSED",
+    "UNREADABLE",
+    "LenientMemoryRecords",
+    "LenientRecord",
+    "install",
+    "read_batch",
+]
+
+UNREADABLE = "x-moderator-unreadable"  # the header of a record standing in for one not read
+DEFAULT_MAX_DECOMPRESSED = 64 * 1024 * 1024
+_XERIAL = b"\x82SNAPPY\x00"
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # the 61-byte v2 batch header
 _CODEC_MASK = 0x07
@@ -133,6 +151,99 @@ def read_batch(raw: bytes | memoryview) -> Iterator[LenientRecord]:
         )
 
 
+def _snappy_size(data: bytes | memoryview) -> int:
+    """Decompressed size of a snappy payload, raw or in xerial blocks, from its headers."""
+    data = memoryview(data)
+    if bytes(data[:8]) == _XERIAL:
+        total, pos = 0, 16
+        while pos + 4 <= len(data):
+            (block,) = struct.unpack_from(">i", data, pos)
+            total += _uvarint(data, pos + 4)
+            pos += 4 + max(block, 0)
+        return total
+    return _uvarint(data, 0)
+
+
+def _uvarint(data: memoryview, pos: int) -> int:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+        pos += 1
+        shift += 7
+    raise CorruptRecordException("snappy length is not a varint")
+
+
+_buffer = bytearray()
+
+
+def _scratch(size: int) -> bytearray:
+    """One reused output buffer (the event loop's thread only): pages it never writes to are
+    never touched, so a large `size` costs address space, not memory."""
+    global _buffer
+    if len(_buffer) != size:
+        _buffer = bytearray(size)
+    return _buffer
+
+
+def inflated_problem(raw: bytes | memoryview, limit: int) -> str | None:
+    """Why a v2 batch's records cannot be decompressed within `limit` bytes, or None."""
+    attributes = struct.unpack_from(">h", raw, 21)[0]
+    compression = attributes & _CODEC_MASK
+    body = memoryview(raw)[_HEADER.size :]
+    too_large = f"the record batch decompresses to more than {limit} bytes"
+    try:
+        if compression == 1:
+            inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header
+            if len(inflater.decompress(body, limit + 1)) > limit or inflater.unconsumed_tail:
+                return too_large
+        elif compression == 2:
+            if _snappy_size(body) > limit:
+                return too_large
+        elif compression in (3, 4):
+            codec_module = cramjam.lz4 if compression == 3 else cramjam.zstd
+            codec_module.decompress_into(bytes(body), _scratch(limit))
+    except cramjam.DecompressionError:
+        return too_large  # it did not fit the buffer (or is not valid at all)
+    except (zlib.error, CorruptRecordException, struct.error) as exc:
+        return f"the record batch does not decompress: {exc}"
+    return None
+
+
+class _UnreadableBatch:
+    """Stand-in records, one per offset of a batch that is not read (`inflated_problem`)."""
+
+    def __init__(self, batch: Any, why: str) -> None:
+        self._batch = batch
+        self._why = f"{why}; the record was not read, so its bytes are not here".encode()
+        self._iterator: Iterator[LenientRecord] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._batch, name)
+
+    def __iter__(self) -> Iterator[LenientRecord]:
+        return self
+
+    def __next__(self) -> LenientRecord:
+        if self._iterator is None:
+            batch = self._batch
+            first, last = batch.base_offset, batch.base_offset + batch.last_offset_delta
+            self._iterator = (
+                LenientRecord(
+                    offset,
+                    batch.max_timestamp,
+                    batch.timestamp_type,
+                    None,
+                    None,
+                    [(UNREADABLE, self._why)],
+                )
+                for offset in range(first, last + 1)
+            )
+        return next(self._iterator)
+
+
 class _LenientBatch:
     """aiokafka's batch, iterated by its own reader until that fails, then by `read_batch`."""
 
@@ -173,6 +284,8 @@ class _LenientBatch:
 class LenientMemoryRecords:
     """aiokafka's `MemoryRecords`, with v2 batches wrapped in `_LenientBatch`."""
 
+    max_decompressed = DEFAULT_MAX_DECOMPRESSED
+
     def __init__(self, data: bytes) -> None:
         self._data = memoryview(data)
         self._inner = MemoryRecords(data)
@@ -193,9 +306,16 @@ class LenientMemoryRecords:
         self._pos = start + 12 + length
         if not isinstance(batch, DefaultRecordBatch):
             return batch  # a legacy (v0/v1) message set: aiokafka's reader alone
-        return _LenientBatch(batch, self._data[start : self._pos])
+        raw = self._data[start : self._pos]
+        if batch.compression_type and not batch.is_control_batch:
+            why = inflated_problem(raw, self.max_decompressed)
+            if why is not None:
+                return _UnreadableBatch(batch, why)
+        return _LenientBatch(batch, raw)
 
 
-def install() -> None:
-    """Make aiokafka's fetcher read batches through `LenientMemoryRecords` (idempotent)."""
+def install(max_decompressed: int = DEFAULT_MAX_DECOMPRESSED) -> None:
+    """Make aiokafka's fetcher read batches through `LenientMemoryRecords` (idempotent), with
+    compressed batches bounded to `max_decompressed` bytes."""
+    LenientMemoryRecords.max_decompressed = max_decompressed
     _fetcher.MemoryRecords = LenientMemoryRecords

@@ -196,6 +196,11 @@ class Publisher:
             return
         size = len(key or b"") + len(value or b"")
         note = f"original key, value and headers ({size} bytes) dropped: over the DLQ limit; "
+        await self.bare_dead_letter(key, failure, note)
+
+    async def bare_dead_letter(self, key: bytes | None, failure: Failure, note: str) -> None:
+        """A dead letter with only the failure's headers and (the start of) the key: for
+        records whose own bytes cannot be sent."""
         short_key = (key or b"")[:_DLQ_KEY_LIMIT] or None
         await self._send(self._dlq_topic, short_key, None, failure.headers([], note))
 
@@ -209,6 +214,8 @@ class Publisher:
     async def _send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: InHeaders
     ) -> None:
+        if key is None and value is None:
+            value = b""  # a dead letter of a null/null record: aiokafka sends one or the other
         try:
             await (await self._producer.send(topic, value, key=key, headers=list(headers)))
         except KafkaError as exc:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from moderator import kafka, loop_lag
+from moderator import kafka, kafka_records, loop_lag
 from moderator.acquire import Fetcher, FetchPolicy
 from moderator.batch import Batcher, DeviceInfer, NotDecoded
 from moderator.budget import MemoryBudget
@@ -238,7 +238,12 @@ class Service:
         await producer.start()
         self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic, limits)
         self._producer = producer
-        self._consumer = kafka.make_consumer(s.kafka)
+        self._consumer = kafka.make_consumer(
+            s.kafka,
+            max_decompressed=min(
+                kafka_records.DEFAULT_MAX_DECOMPRESSED, s.pipeline.memory_budget_bytes // 4
+            ),
+        )
         self._consumer.subscribe([s.kafka.input_topic], listener=_Rebalance(self))
         await self._consumer.start()
         log.info(
@@ -556,7 +561,14 @@ class Service:
     ) -> None:
         assert self._publisher is not None
         failure = Failure(reason, detail, record.topic, record.partition, record.offset, attempts)
-        await self._publisher.dead_letter(record.key, record.value, record.headers, failure)
+        try:
+            await self._publisher.dead_letter(record.key, record.value, record.headers, failure)
+        except PublishFailed:
+            raise
+        except Exception as exc:  # the record's own bytes would not go: send the failure alone
+            log.exception("dead letter refused; sending it without the original record")
+            note = f"original record dropped: it could not be sent ({type(exc).__name__}); "
+            await self._publisher.bare_dead_letter(record.key, failure, note)
         self.metrics.dlq.labels(reason.value).inc()
         log.info(
             "dead-lettered",
@@ -604,6 +616,9 @@ class Service:
         assert self._spec is not None
         assert self._decode_pool is not None
         max_bytes = self.settings.pipeline.max_image_bytes
+        for name, why in record.headers:
+            if name == kafka_records.UNREADABLE:  # a stand-in for a record not decompressed
+                raise TooLarge((why or b"").decode("utf-8", "replace"))
         size = len(record.value or b"")
         if size > max_bytes * 4 // 3 + _JSON_ENVELOPE_BYTES:
             raise TooLarge(

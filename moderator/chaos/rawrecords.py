@@ -49,13 +49,18 @@ def python_writer(compression: int = 0) -> Any:
 
 
 async def send_raw(
-    producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[RawRecord]
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: Sequence[RawRecord],
+    *,
+    compression: int = 0,
 ) -> int:
-    """Send `records` as one batch to `topic`/`partition`; returns the first record's offset.
-
-    `producer` must not be idempotent (the batch carries no producer id)."""
+    """Send `records` as one batch to `topic`/`partition`, compressed with Kafka codec
+    `compression` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd); returns the first record's
+    offset. `producer` must not be idempotent (the batch carries no producer id)."""
     batch = producer.create_batch()
-    batch._builder = python_writer()
+    batch._builder = python_writer(compression)
     for key, value, headers in records:
         named = [(RawName(name), header_value) for name, header_value in headers]
         if batch.append(timestamp=None, key=key, value=value, headers=named) is None:

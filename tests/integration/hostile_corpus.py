@@ -55,6 +55,7 @@ class Case:
     copies: int = 1  # duplicate-id cases send the same record more than once
     # Header names as raw bytes (not UTF-8, say): sent through `chaos.rawrecords`, not aiokafka.
     raw_headers: list[tuple[bytes, bytes | None]] | None = None
+    compression: int = 0  # a Kafka codec: the record goes alone in a batch compressed with it
 
 
 # ---------------------------------------------------------------- image builders
@@ -416,6 +417,9 @@ def strict_cases(prefix: str) -> list[Case]:
         ("cloudevent-id-lone-surrogate-bytes", [("ce_id", b"e\xed\xa0\x80"), ("ce_source", b"s")]),
     ):
         add(kind, png, dlq("invalid_event"), headers=base + extra)
+    # 70 MB of zeros in a zstd batch of a few KB: over the service's bound on a decompressed
+    # batch (64 MiB by default), so the batch is never inflated in the service.
+    add("zstd-bomb-batch", b"\0" * 70_000_000, dlq("too_large"), raw_headers=[], compression=4)
     # Valid, with metadata within its 64 KB limit, but the verdict echoing it is over the
     # verdict topic's limit: published without the echo.
     add(

@@ -81,7 +81,8 @@ async def _produce(settings: KafkaSettings, topic: str, cases: list[Case]) -> di
                 key = case.key if case.key is not None else case.name.encode()
                 if case.raw_headers is not None:
                     record = (key, case.value, case.raw_headers)
-                    sent[await send_raw(raw, topic, 0, [record])] = case
+                    first = await send_raw(raw, topic, 0, [record], compression=case.compression)
+                    sent[first] = case
                     continue
                 meta = await producer.send_and_wait(
                     topic, case.value, key=key, headers=case.headers, partition=0
@@ -195,7 +196,8 @@ async def test_hostile_corpus_with_the_default_ssrf_guard(
     _check(sent, answers, fleet, codes)
     # Dead letters too large for the DLQ topic still arrive, without the original bytes.
     for offset, case in sent.items():
-        if len(case.value or b"") + 2000 > DLQ_MAX_MESSAGE_BYTES and case.expect != VERDICT:
+        too_large = len(case.value or b"") + 2000 > DLQ_MAX_MESSAGE_BYTES
+        if too_large and case.expect != VERDICT and not case.compression:
             record = answers.dead[(0, offset)][0]
             assert record["value-bytes"] == "0", case.name
             assert "dropped" in record["x-error-detail"], record["x-error-detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import pytest
 from aiokafka.consumer import fetcher
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from moderator import kafka_records
 from moderator.chaos.rawrecords import RawName, python_writer
-from moderator.kafka_records import LenientMemoryRecords, read_batch
+from moderator.kafka_records import UNREADABLE, LenientMemoryRecords, read_batch
 
 Record = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
 
@@ -110,3 +111,34 @@ def test_any_header_bytes_come_back_exactly(records: list[Record]) -> None:
     ):
         assert (got_key, got_value) == (key, value)
         assert [(n.encode("utf-8", "surrogateescape"), v) for n, v in got_headers] == headers
+
+
+@pytest.fixture
+def small_inflate_bound() -> Iterator[int]:
+    kafka_records.install(max_decompressed=1024 * 1024)
+    yield 1024 * 1024
+    kafka_records.install()
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_a_batch_inflating_past_the_bound_is_not_decompressed(
+    codec: int, small_inflate_bound: int
+) -> None:
+    bomb = [(b"k%d" % i, b"\0" * (600 * 1024), []) for i in range(3)]  # 1.8 MB of zeros
+    data = _batch(40, bomb, compression=codec) + _batch(43, [(b"next", b"ok", [])], codec)
+    assert len(data) < small_inflate_bound // 10  # small on the wire
+    read = _read_all(data)
+    assert [r[0] for r in read] == [40, 41, 42, 43]
+    for _offset, key, value, headers in read[:3]:
+        assert (key, value) == (None, None)
+        ((name, why),) = headers
+        assert name == UNREADABLE
+        assert why is not None
+        assert f"more than {small_inflate_bound} bytes".encode() in why
+    assert read[3][1:3] == (b"next", b"ok")  # the batch after it is read as usual
+
+
+def test_a_batch_within_the_bound_is_read_whole(small_inflate_bound: int) -> None:
+    records = [(b"k", b"\0" * (900 * 1024), [])]
+    (record,) = _read_all(_batch(0, records, compression=4))
+    assert record[2] == b"\0" * (900 * 1024)

@@ -27,6 +27,8 @@ class _Producer:
     async def send(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[Any]
     ) -> asyncio.Future[None]:
+        if key is None and value is None:  # aiokafka's own check
+            raise AssertionError("Need at least one: key or value")
         if self.fail is not None:
             raise self.fail
         self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
@@ -115,3 +117,13 @@ def test_record_size_bounds_the_batch_kafka_receives(
     builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
     builder.append(0, 1_700_000_000_000, key, value, sendable)
     assert len(builder.build()) <= record_size(key, value, sendable)
+
+
+async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> None:
+    producer = _Producer()
+    failure = Failure(Reason.INVALID_EVENT, "empty record value", "in", 0, 9)
+    await _publisher(producer).dead_letter(None, None, [], failure)
+    (sent,) = producer.sent
+    assert sent["key"] is None
+    assert sent["value"] == b""  # aiokafka refuses a record with neither
+    assert dict(sent["headers"])["x-original-offset"] == b"9"

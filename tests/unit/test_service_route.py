@@ -43,6 +43,8 @@ class _Producer:
     async def send(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[Any]
     ) -> asyncio.Future[None]:
+        if key is None and value is None:  # aiokafka's own check
+            raise AssertionError("Need at least one: key or value")
         self.sent.append((topic, key, value, headers))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
