@@ -7,10 +7,13 @@ a later stage names an earlier one's data through these types, never its impleme
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from moderator.decode import PreprocessSpec
 
 Embeddings = NDArray[np.float32]
 """Rows are L2-normalized float32 embeddings, shape (n, dim)."""
@@ -57,6 +60,11 @@ class Encoder(Protocol):
 
     @property
     def image_size(self) -> int: ...
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        """How images become pixels for this model: part of image cache keys."""
+        ...
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` needs including start/end markers (compare with context_length)."""

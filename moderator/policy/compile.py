@@ -19,10 +19,10 @@ from numpy.typing import NDArray
 
 from moderator.errors import ModeratorError, PolicyError
 from moderator.policy.cache import (
-    IMAGE_KIND,
     TEXT_KIND,
     EmbeddingCache,
     content_key,
+    image_namespace,
     namespace,
 )
 from moderator.policy.load import PolicySet
@@ -86,7 +86,7 @@ async def compile_policy(
         return np.stack(rows)
 
     example_unique = await _embed(
-        namespace(IMAGE_KIND, encoder.sha256),
+        image_namespace(encoder.sha256, encoder.preprocess),
         [unique[k] for k in keys],
         keys,
         encode_examples,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from moderator.decode import PreprocessSpec
 from moderator.demo import shapes
 from moderator.demo.evaluate import accuracy_from_embeddings, zero_shot_accuracy
 from moderator.types import Embeddings, Pixels
@@ -51,6 +52,7 @@ class _FirstPromptEncoder:
     logit_scale = 1.0
     context_length = 16
     image_size = 64
+    preprocess = PreprocessSpec.for_model(64, 64)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split()) + 2

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from moderator.decode import PreprocessSpec
 from moderator.errors import DecodeError, TextTooLong
 from moderator.types import Embeddings, Pixels
 
@@ -80,6 +81,10 @@ class FakeEncoder:
     @property
     def image_size(self) -> int:
         return 8
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.for_model(8, 8)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split()) + 2
@@ -146,6 +151,10 @@ class CountingEncoder:
     @property
     def image_size(self) -> int:
         return self.inner.image_size
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self.inner.preprocess
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
