@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from moderator.errors import InferenceFailed
 from moderator.log import get
 from moderator.types import Embeddings, Pixels
 
@@ -227,11 +228,14 @@ class Batcher:
             self._on_stage(stage, time.monotonic() - started)
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
-        """Inference failures are the service's, not the event's: every waiter gets them."""
+        """Inference failures are the service's, not the event's: every waiter gets them, as
+        `InferenceFailed`."""
         log.error("inference failed", exc_info=exc, extra={"fields": {"batch": len(batch)}})
         for item in batch:
             if not item.future.done():
-                item.future.set_exception(exc)
+                failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
+                failure.__cause__ = exc
+                item.future.set_exception(failure)
 
     async def _complete(
         self, batch: list[_Item], started: float, outcome: Awaitable[Outcome]

@@ -8,7 +8,9 @@ The budget counts bytes instead, from one setting (`pipeline.memory_budget_bytes
   but while the budget is spent the consumer stays paused and nothing more is fetched;
 * a URL download reserves the most it may bring (`max_image_bytes`) before it starts, and
   waits while that does not fit (`reserve`): concurrent downloads are bounded by the budget
-  too, however many URL events are in flight.
+  too, however many URL events are in flight. One download may always run, whatever the
+  charges: the records waiting for it are charged too, so waiting for them to be released
+  could wait forever.
 
 Single event loop only; not thread-safe.
 """
@@ -31,6 +33,7 @@ class MemoryBudget:
             raise ValueError("a memory budget needs at least one byte")
         self.limit = limit
         self.used = 0
+        self._reserved = 0  # the part of `used` held by reservations
         self._freed = asyncio.Condition()
 
     def charge(self, size: int) -> None:
@@ -38,7 +41,9 @@ class MemoryBudget:
         self.used += size
 
     def release(self, size: int) -> None:
-        self.used = max(0, self.used - size)
+        if size > self.used:
+            raise ValueError(f"releasing {size} bytes of {self.used} held")
+        self.used -= size
         loop_waiters = self._freed
         # Wake reservations; notify needs the lock, so it runs as its own small task.
         with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
@@ -51,14 +56,18 @@ class MemoryBudget:
 
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Hold `size` bytes for the block, waiting until they fit. A request larger than the
-        whole budget waits until nothing else is held, then goes alone."""
+        """Hold `size` bytes for the block, waiting until they fit, or until no other
+        reservation is held (so one always goes, even over the budget)."""
         async with self._freed:
-            await self._freed.wait_for(lambda: self.used + size <= self.limit or self.used == 0)
+            await self._freed.wait_for(
+                lambda: self.used + size <= self.limit or self._reserved == 0
+            )
             self.used += size
+            self._reserved += size
         try:
             yield
         finally:
+            self._reserved -= size
             self.release(size)
 
 

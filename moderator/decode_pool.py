@@ -7,9 +7,15 @@ dead-lettered or stop the service.
 
 `DecodePool.run` hides that: the broken pool is replaced by a fresh one (once, however many
 events saw it break), and each event that was in the broken pool is retried alone, in a
-one-process quarantine pool. An image that kills its quarantine process too is the cause: it
-fails with `DecodeCrashed` (dead letter `decode_crashed`). The innocent events that shared the
-broken pool with it get their answer from the quarantine retry.
+one-process quarantine pool that runs one retry at a time. An image that kills its quarantine
+process too is the cause: it fails with `DecodeCrashed` (dead letter `decode_crashed`). The
+innocent events that shared the broken pool with it get their answer from their own retry,
+which no other image can disturb.
+
+An event cancelled while its decode runs (a revoked partition, the drain deadline) leaves the
+decode to finish unused: cancelling a queued executor future breaks `ProcessPoolExecutor`'s
+bookkeeping when a worker later dies (CPython 3.11), which strands every decode queued
+behind it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class DecodePool:
         self._on_replaced = on_replaced or (lambda which: None)
         self._pool: ProcessPoolExecutor | None = None
         self._quarantine: ProcessPoolExecutor | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # replacing pools
+        self._alone = asyncio.Lock()  # one quarantine retry at a time
 
     @property
     def workers(self) -> int:
@@ -72,28 +79,32 @@ class DecodePool:
                 continue
             break
         try:
-            return await future
+            return await asyncio.shield(future)
         except BrokenProcessPool:
             await self._replace(pool)
         return await self._retry_alone(call)
 
     async def _retry_alone(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
-        async with self._lock:
+        async with self._alone:
             if self._quarantine is None:
                 self._quarantine = await asyncio.to_thread(start_pool, 1, self._spec)
             quarantine = self._quarantine
-        try:
-            return await loop.run_in_executor(quarantine, call)
-        except BrokenProcessPool as exc:
-            async with self._lock:
-                if self._quarantine is quarantine:
-                    self._quarantine = None
-                    self._on_replaced("quarantine")
-                    await asyncio.to_thread(_shut, quarantine)
-            raise DecodeCrashed(
-                "the decode process died while decoding this image, and again on its retry"
-            ) from exc
+            future = loop.run_in_executor(quarantine, call)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # Hold the quarantine until this retry ends: were it the poison, the next
+                # retry must not share the process it kills.
+                await asyncio.wait([future])
+                raise
+            except BrokenProcessPool as exc:
+                self._quarantine = None
+                self._on_replaced("quarantine")
+                await asyncio.to_thread(_shut, quarantine)
+                raise DecodeCrashed(
+                    "the decode process died while decoding this image, and again on its retry"
+                ) from exc
 
     async def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Replace the main pool if it is still `broken` (many events see one break)."""

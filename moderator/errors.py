@@ -15,7 +15,9 @@
     ├── TextTooLong                 a prompt over the model's context length
     └── PolicyError                 a policy file that does not validate
 
-    PublishFailed (not a ModeratorError) the broker refused a send: never dead-lettered
+    ServiceFault (not a ModeratorError: never dead-lettered)
+    ├── PublishFailed               the broker refused a send
+    └── InferenceFailed             the model runtime failed on a batch
 
 Pipeline errors carry a stable `reason` (a `Reason`), which is what lands in the DLQ
 `x-error-reason` header: consumers of the DLQ switch on it, so its values never change.
@@ -41,9 +43,18 @@ class Reason(StrEnum):
     INVALID_EMBEDDING = "invalid_embedding"
 
 
-class PublishFailed(Exception):
-    """The broker did not take a verdict or dead letter. Not the event's fault: the event is
-    left uncommitted, to be answered again."""
+class ServiceFault(Exception):
+    """A fault of the service, not of the event it was handling: never dead-lettered. The event
+    is left unanswered and uncommitted, to be answered again (after a restart if need be)."""
+
+
+class PublishFailed(ServiceFault):
+    """The broker did not take a verdict or dead letter."""
+
+
+class InferenceFailed(ServiceFault):
+    """The model runtime failed on a batch (a CUDA error, a broken session): every event in
+    it would fail the same way, so none of them is dead-lettered."""
 
 
 class ModeratorError(Exception):

@@ -24,6 +24,8 @@ from moderator.settings import KafkaSettings
 log = get("kafka")
 # Kafka's default message.max.bytes: the largest record batch a topic takes unless configured.
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# The largest record our producers send, whatever a topic would take.
+MAX_REQUEST_SIZE = 16 * 1024 * 1024
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -82,7 +84,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
         "enable_idempotence": settings.idempotent_producer,
         "linger_ms": 5,  # a few ms of batching buys far fewer produce requests under load
         "compression_type": None,
-        "max_request_size": 16 * 1024 * 1024,
+        "max_request_size": MAX_REQUEST_SIZE,
     }
     return AIOKafkaProducer(**(options | overrides))
 

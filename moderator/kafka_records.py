@@ -12,7 +12,8 @@ fast reader; only when it fails part-way is the rest of that batch read here, fr
 record-batch v2 layout, with header names decoded as UTF-8 with `surrogateescape` (the
 original bytes stay recoverable) and a null header name read as "". Records yielded before
 the failure are not yielded twice. A batch this reader cannot read either raises the
-original error: the broker validated the batch, so that means a broker or aiokafka fault.
+stand-in records (below) for the offsets it did not reach: the broker validated the batch,
+so that is a broker or aiokafka fault, and it must not stall the partition.
 
 A compressed batch is first decompressed here into a bounded buffer (`max_decompressed`): a
 batch of 1 MB on the broker can hold gigabytes once inflated. One that does not fit is not
@@ -22,6 +23,7 @@ header, `UNREADABLE` (its value says why), which the service dead-letters as `to
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from collections.abc import Iterator
@@ -176,18 +178,6 @@ def _uvarint(data: memoryview, pos: int) -> int:
     raise CorruptRecordException("snappy length is not a varint")
 
 
-_buffer = bytearray()
-
-
-def _scratch(size: int) -> bytearray:
-    """One reused output buffer (the event loop's thread only): pages it never writes to are
-    never touched, so a large `size` costs address space, not memory."""
-    global _buffer
-    if len(_buffer) != size:
-        _buffer = bytearray(size)
-    return _buffer
-
-
 def inflated_problem(raw: bytes | memoryview, limit: int) -> str | None:
     """Why a v2 batch's records cannot be decompressed within `limit` bytes, or None."""
     attributes = struct.unpack_from(">h", raw, 21)[0]
@@ -204,7 +194,9 @@ def inflated_problem(raw: bytes | memoryview, limit: int) -> str | None:
                 return too_large
         elif compression in (3, 4):
             codec_module = cramjam.lz4 if compression == 3 else cramjam.zstd
-            codec_module.decompress_into(bytes(body), _scratch(limit))
+            # An anonymous mapping: only the pages the output reaches become memory.
+            with mmap.mmap(-1, limit) as scratch:
+                codec_module.decompress_into(bytes(body), scratch)
     except cramjam.DecompressionError:
         return too_large  # it did not fit the buffer (or is not valid at all)
     except (zlib.error, CorruptRecordException, struct.error) as exc:
@@ -228,20 +220,17 @@ class _UnreadableBatch:
 
     def __next__(self) -> LenientRecord:
         if self._iterator is None:
-            batch = self._batch
-            first, last = batch.base_offset, batch.base_offset + batch.last_offset_delta
-            self._iterator = (
-                LenientRecord(
-                    offset,
-                    batch.max_timestamp,
-                    batch.timestamp_type,
-                    None,
-                    None,
-                    [(UNREADABLE, self._why)],
-                )
-                for offset in range(first, last + 1)
-            )
+            self._iterator = self.after(-1)
         return next(self._iterator)
+
+    def after(self, offset: int) -> Iterator[LenientRecord]:
+        """Stand-ins for the batch's offsets past `offset`."""
+        batch = self._batch
+        first = max(batch.base_offset, offset + 1)
+        for at in range(first, batch.base_offset + batch.last_offset_delta + 1):
+            yield LenientRecord(
+                at, batch.max_timestamp, batch.timestamp_type, None, None, [(UNREADABLE, self._why)]
+            )
 
 
 class _LenientBatch:
@@ -273,12 +262,13 @@ class _LenientBatch:
         except _READ_ERRORS as exc:
             failure = exc
         try:
-            records = list(read_batch(self._raw))
-        except (CorruptRecordException, ValueError, OSError):
-            raise failure from None
-        for record in records:
-            if record.offset > last:
-                yield record
+            for record in read_batch(self._raw):
+                if record.offset > last:
+                    last = record.offset
+                    yield record
+        except (CorruptRecordException, ValueError, OSError, struct.error) as exc:
+            why = f"the record batch could not be read ({type(failure).__name__}; {exc})"
+            yield from _UnreadableBatch(self._batch, why).after(last)
 
 
 class LenientMemoryRecords:

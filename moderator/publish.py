@@ -161,7 +161,10 @@ class Publisher:
         self._limits = limits or {}
 
     def limit(self, topic: str) -> int:
-        return self._limits.get(topic, kafka.DEFAULT_MAX_MESSAGE_BYTES)
+        """The largest record `topic` takes from us: its max.message.bytes, and never more
+        than the producer's own max_request_size."""
+        topic_limit = self._limits.get(topic, kafka.DEFAULT_MAX_MESSAGE_BYTES)
+        return min(topic_limit, kafka.MAX_REQUEST_SIZE)
 
     async def verdict(self, key: str, verdict: dict[str, Any], headers: Headers) -> bool:
         """Send a verdict; returns True if its echoed fields had to be dropped to fit."""

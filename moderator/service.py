@@ -42,8 +42,8 @@ from moderator.errors import (
     ConfigError,
     InvalidEmbedding,
     ModeratorError,
-    PublishFailed,
     Reason,
+    ServiceFault,
     TooLarge,
 )
 from moderator.events import ImageEvent, parse_event
@@ -77,6 +77,17 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._service.partitions_assigned({(tp.topic, tp.partition) for tp in assigned})
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    """An event whose verdict the broker acknowledged."""
+
+    event: ImageEvent
+    verdict: dict[str, Any]
+    embedding: np.ndarray
+    image_sha: str
+    truncated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +165,10 @@ class Service:
             await self._start()
             # From here: start-up (model loads, warm-ups) would only blur the serving figure.
             watching = asyncio.create_task(loop_lag.watch(self.metrics.loop_lag.observe))
-            await self._consume()
+            try:
+                await self._consume()
+            except Exception as exc:  # the consume loop itself failed: stop, but commit first
+                self._fatal = exc
             await self._drain()
         finally:
             if watching is not None:
@@ -390,6 +404,7 @@ class Service:
         tasks = self._tasks[key]
         tasks.add(task)
         size = len(record.value or b"") + len(record.key or b"")
+        size += sum(len(name) + len(value or b"") for name, value in record.headers)
         self.budget.charge(size)
         self._held[task] = size
         task.add_done_callback(lambda t: self._task_done(key, t))
@@ -494,27 +509,35 @@ class Service:
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """One record's error boundary: whatever it carries ends as a verdict or a dead
-        letter. Only `PublishFailed` (the broker refused a send) escapes, leaving the record
-        unfinished and uncommitted."""
+        letter, once. Only a `ServiceFault` (the broker refused a send, inference failed)
+        escapes, leaving the record unfinished and uncommitted."""
+        answered = False
         try:
-            await self._answer(record)
-        except PublishFailed:
+            answer = await self._answer(record)
+            answered = True
+            await self._after_verdict(answer)
+        except ServiceFault:
             raise
         except ModeratorError as exc:
             attempts = int(getattr(exc, "attempts", 1))
             await self._dead_letter(record, exc.reason, str(exc), attempts)
         except Exception as exc:  # a bug, or an input nothing anticipated
-            log.exception(
-                "internal error; dead-lettering the event",
-                extra={"fields": {"partition": record.partition, "offset": record.offset}},
-            )
-            await self._dead_letter(record, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            if answered:  # the verdict is out: a dead letter would answer the event twice
+                log.exception("error after the verdict was published")
+            else:
+                log.exception(
+                    "internal error; dead-lettering the event",
+                    extra={"fields": {"partition": record.partition, "offset": record.offset}},
+                )
+                detail = f"{type(exc).__name__}: {exc}"
+                await self._dead_letter(record, Reason.INTERNAL_ERROR, detail)
         self.tracker.finished(record.topic, record.partition, record.offset)
         self._finished_since_commit += 1
         if record.timestamp and record.timestamp > 0:
             self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
 
-    async def _answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _answer(self, record: ConsumerRecord[bytes, bytes]) -> _Answered:
+        """Everything up to the verdict's acknowledgement; raises what makes a dead letter."""
         assert self._publisher is not None
         assert self._reloader is not None
         started = time.monotonic()
@@ -536,21 +559,27 @@ class Service:
         truncated = await self._publisher.verdict(
             event.id, verdict, verdict_headers(policy.version, runtime.sha256)
         )
-        if truncated:
+        self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
+        return _Answered(event, verdict, embedding, image_sha, truncated)
+
+    async def _after_verdict(self, answer: _Answered) -> None:
+        """Counting, and the embeddings topic: after the verdict, never instead of it."""
+        assert self._publisher is not None
+        if answer.truncated:
             self.metrics.verdicts_truncated.inc()
+        self._count_verdict(answer.verdict, answer.event)
         if self.settings.kafka.embeddings_topic:
+            event = answer.event
             await self._publisher.embedding(
                 self.settings.kafka.embeddings_topic,
                 event.id,
                 {
                     "id": event.id,
-                    "image_sha256": image_sha,
-                    "model_sha256": runtime.sha256,
-                    "embedding": [round(float(x), 6) for x in embedding],
+                    "image_sha256": answer.image_sha,
+                    "model_sha256": self._runtimes[0].sha256,
+                    "embedding": [round(float(x), 6) for x in answer.embedding],
                 },
             )
-        self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
-        self._count_verdict(verdict, event)
 
     async def _dead_letter(
         self,
@@ -563,7 +592,7 @@ class Service:
         failure = Failure(reason, detail, record.topic, record.partition, record.offset, attempts)
         try:
             await self._publisher.dead_letter(record.key, record.value, record.headers, failure)
-        except PublishFailed:
+        except ServiceFault:
             raise
         except Exception as exc:  # the record's own bytes would not go: send the failure alone
             log.exception("dead letter refused; sending it without the original record")

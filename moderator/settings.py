@@ -21,7 +21,14 @@ from typing import Any, Final, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -235,6 +242,16 @@ class PipelineSettings(BaseModel):
                     "wide); use fetch_allow_private for every private address"
                 )
         return networks
+
+    @model_validator(mode="after")
+    def _budget_fits_downloads(self) -> PipelineSettings:
+        # Below two images, downloads would take turns with the records waiting for them.
+        if self.memory_budget_bytes < 2 * self.max_image_bytes:
+            raise ValueError(
+                f"memory_budget_bytes ({self.memory_budget_bytes}) must be at least twice "
+                f"max_image_bytes ({self.max_image_bytes})"
+            )
+        return self
 
 
 class HttpSettings(BaseModel):

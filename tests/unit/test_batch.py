@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from moderator.batch import Batcher, DeviceInfer, NotDecoded
+from moderator.errors import InferenceFailed
 
 
 def _infer_recording(sizes: list[int]):  # type: ignore[no-untyped-def]
@@ -63,7 +64,8 @@ async def test_inference_failure_reaches_every_waiter() -> None:
         )
     finally:
         await batcher.stop()
-    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert all(isinstance(o, InferenceFailed) for o in outcomes)
+    assert all(isinstance(o.__cause__, RuntimeError) for o in outcomes)  # type: ignore[union-attr]
 
 
 def _device_infer_recording(calls: list[list[str]]) -> DeviceInfer:

@@ -70,3 +70,28 @@ async def test_a_process_killed_from_outside_costs_no_event(
     assert await asyncio.gather(*running) == list(range(4))
     assert replaced == ["main"]
     assert len(pool.pids()) == 2
+
+
+@pytest.mark.parametrize("poison_first", [True, False])
+async def test_innocent_events_are_never_dead_lettered_with_the_poison(
+    pool: DecodePool, tmp_path: Path, poison_first: bool
+) -> None:
+    poison = tmp_path / "poison"
+    poison.touch()
+    innocent = [pool.run(_slow, i) for i in range(6)]
+    deadly = pool.run(_die_if, str(poison), -1)
+    calls = [deadly, *innocent] if poison_first else [*innocent, deadly]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    results = dict(zip([-1, *range(6)] if poison_first else [*range(6), -1], outcomes, strict=True))
+    assert isinstance(results.pop(-1), DecodeCrashed)
+    assert results == {i: i for i in range(6)}
+
+
+async def test_an_event_cancelled_before_a_death_strands_no_other(pool: DecodePool) -> None:
+    queued = [asyncio.ensure_future(pool.run(_slow, i)) for i in range(8)]
+    await asyncio.sleep(0.05)
+    queued[5].cancel()
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 30)
+    assert isinstance(outcomes[5], asyncio.CancelledError)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [0, 1, 2, 3, 4, 6, 7]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
+from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,3 +143,32 @@ def test_a_batch_within_the_bound_is_read_whole(small_inflate_bound: int) -> Non
     records = [(b"k", b"\0" * (900 * 1024), [])]
     (record,) = _read_all(_batch(0, records, compression=4))
     assert record[2] == b"\0" * (900 * 1024)
+
+
+def test_a_batch_neither_reader_can_read_yields_stand_ins_not_an_error() -> None:
+    records = [(b"k0", b"v0", []), (b"k1", b"v1", [(b"\xff", b"x")]), (b"k2", b"v2", [])]
+    raw = bytearray(_batch(20, records))
+    struct.pack_into(">i", raw, 57, 4)  # one record more than the batch holds
+    struct.pack_into(">I", raw, 17, calc_crc32c(bytes(raw[21:])))  # and a CRC that agrees
+    read = _read_all(bytes(raw))
+    assert [r[0] for r in read] == [20, 21, 22]  # no offset skipped, none twice
+    assert [r[1] for r in read] == [b"k0", b"k1", b"k2"]  # every record there was
+    # A fourth record the header promised and the batch does not hold: nothing to stand in for
+    # past the batch's last offset.
+
+
+def test_records_neither_reader_can_read_become_stand_ins_not_an_error() -> None:
+    records = [(b"k0", b"v0", []), (b"k1", b"v1", [(b"\xff", b"x")]), (b"k2", b"v2", [])]
+    raw = bytearray(_batch(30, records))
+    at = raw.index(b"\x04v2")  # the last record's value length (zig-zag 2)...
+    raw[at] = 0x7E  # ...now 63: past the end of the batch
+    struct.pack_into(">I", raw, 17, calc_crc32c(bytes(raw[21:])))
+    read = _read_all(bytes(raw))
+    assert [r[0] for r in read] == [30, 31, 32]
+    assert [r[1] for r in read[:2]] == [b"k0", b"k1"]  # aiokafka's, then ours
+    _offset, key, value, headers = read[2]
+    assert (key, value) == (None, None)
+    ((name, why),) = headers
+    assert name == UNREADABLE
+    assert why is not None
+    assert b"could not be read" in why

@@ -127,3 +127,12 @@ async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> Non
     assert sent["key"] is None
     assert sent["value"] == b""  # aiokafka refuses a record with neither
     assert dict(sent["headers"])["x-original-offset"] == b"9"
+
+
+async def test_a_topic_over_the_producers_request_limit_is_held_to_that_limit() -> None:
+    producer = _Producer()
+    publisher = _publisher(producer, dlq=64 * 1024 * 1024)
+    failure = Failure(Reason.TOO_LARGE, "too big", "in", 0, 3)
+    await publisher.dead_letter(b"k", b"v" * (17 * 1024 * 1024), [], failure)
+    (sent,) = producer.sent
+    assert sent["value"] is None  # 17 MiB would pass the topic and fail aiokafka's own check

@@ -27,7 +27,7 @@ from moderator.batch import Batcher
 from moderator.decode import PreprocessSpec
 from moderator.decode_pool import DecodePool
 from moderator.embed import load_model
-from moderator.errors import Reason
+from moderator.errors import InferenceFailed, Reason
 from moderator.policy.reload import PolicyReloader
 from moderator.publish import Publisher
 from moderator.service import Service
@@ -302,3 +302,30 @@ def test_a_valid_image_with_any_echoed_fields_is_a_verdict_unless_they_are_unenc
     reason = dict(sent[0][3])["x-error-reason"]
     assert reason == b"invalid_event"
     assert not clean or len(json.dumps(metadata)) > 64 * 1024, dict(sent[0][3])
+
+
+def test_a_failure_after_the_verdict_does_not_answer_the_event_twice(
+    route: _Route, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in counting")
+
+    monkeypatch.setattr(route.service, "_count_verdict", broken)
+    value = json.dumps({"id": "once-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+    sent = route.handle(ConsumerRecord("in", 0, 4, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    assert [s[0] for s in sent] == ["verdicts"]
+
+
+def test_an_inference_failure_is_the_services_not_a_dead_letter(
+    route: _Route, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing(pixels: Any) -> Any:
+        raise InferenceFailed("inference failed: CUDA error")
+
+    assert route.service._batcher is not None
+    monkeypatch.setattr(route.service._batcher, "embed", failing)
+    value = json.dumps({"id": "gpu-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+    before = len(route.producer.sent)
+    with pytest.raises(InferenceFailed):
+        route.handle(ConsumerRecord("in", 0, 5, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    assert len(route.producer.sent) == before  # nothing published: the event stays unanswered

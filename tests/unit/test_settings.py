@@ -208,3 +208,13 @@ def test_no_secret_text_survives_into_the_message(secret: str, form: int) -> Non
         load_settings(env)
     assert secret not in str(info.value)
     assert quote(secret, safe="") not in str(info.value)
+
+
+def test_the_memory_budget_holds_at_least_two_images() -> None:
+    with pytest.raises(ConfigError, match=r"memory_budget_bytes .* at least twice max_image_bytes"):
+        load_settings(environ={"MODERATOR_PIPELINE__MEMORY_BUDGET_BYTES": str(10 * 2**20)})
+    fits = {
+        "MODERATOR_PIPELINE__MEMORY_BUDGET_BYTES": str(8 * 2**20),
+        "MODERATOR_PIPELINE__MAX_IMAGE_BYTES": str(4 * 2**20),
+    }
+    assert load_settings(environ=fits).pipeline.memory_budget_bytes == 8 * 2**20
