@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -90,7 +92,8 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
 
 
 async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
-    """Create missing topics; returns the ones created. Existing topics are left untouched."""
+    """Create missing topics and wait for their leaders; returns the ones created. Existing
+    topics are left untouched."""
     admin = AIOKafkaAdminClient(**_common(settings))
     try:
         await admin.start()
@@ -111,11 +114,70 @@ async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
             log.info("created topics", extra={"fields": {"topics": missing}})
+            await wait_until_ready(settings, missing)
         return missing
     except KafkaError as exc:
         raise ConfigError(f"could not create topics {topics}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def wait_until_ready(
+    settings: KafkaSettings,
+    topics: list[str],
+    *,
+    group_id: str | None = None,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Wait until every partition of `topics` has a leader and, for a group, its coordinator
+    answers; False if that did not happen within `timeout_s` (clients retry on their own).
+
+    A broker just started, or topics just created, answer "no leader" and "coordinator not
+    available" for a few seconds. Clients retry through that, but log each retry as an error:
+    waiting here first keeps a healthy start-up's log free of errors.
+    """
+    admin = AIOKafkaAdminClient(**_common(settings))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        await admin.start()
+        while True:
+            if await _leaders_ready(admin, topics) and await _coordinator_ready(admin, group_id):
+                return True
+            if loop.time() > deadline:
+                log.warning(
+                    "Kafka is not ready yet; starting anyway",
+                    extra={"fields": {"topics": topics, "group": group_id}},
+                )
+                return False
+            await asyncio.sleep(0.2)
+    except KafkaError as exc:
+        log.warning("could not check Kafka's readiness", extra={"fields": {"error": str(exc)}})
+        return False
+    finally:
+        await admin.close()
+
+
+async def _leaders_ready(admin: AIOKafkaAdminClient, topics: list[str]) -> bool:
+    described = await admin.describe_topics(topics)
+    if {t["topic"] for t in described} != set(topics):
+        return False
+    return all(
+        not topic["error_code"]
+        and topic["partitions"]
+        and all(p["leader"] >= 0 and not p["error_code"] for p in topic["partitions"])
+        for topic in described
+    )
+
+
+async def _coordinator_ready(admin: AIOKafkaAdminClient, group_id: str | None) -> bool:
+    if group_id is None:
+        return True
+    try:
+        await admin.find_coordinator(group_id)
+    except KafkaError:
+        return False
+    return True
 
 
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
@@ -174,10 +236,35 @@ async def open_reader(
     if from_start:
         await consumer.seek_to_beginning(*parts)
     else:
-        await consumer.seek_to_end(*parts)
-        for tp in parts:
-            await consumer.position(tp)
+        # A topic created a moment ago may name a leader that is not leading yet: aiokafka
+        # retries the offset lookup, and each retry is not worth an error line.
+        with _quiet_leader_retries():
+            await consumer.seek_to_end(*parts)
+            for tp in parts:
+                await consumer.position(tp)
     return consumer
+
+
+class _LeaderRetries(logging.Filter):
+    """Drops aiokafka's error line for an offset lookup that it retries after a leader change."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "NotLeaderForPartitionError" in text or "LeaderNotAvailableError" in text:
+            log.debug("offset lookup retried: no leader yet", extra={"fields": {"why": text}})
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_leader_retries() -> Iterator[None]:
+    fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")
+    quiet = _LeaderRetries()
+    fetcher_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        fetcher_log.removeFilter(quiet)
 
 
 async def close_reader(task: asyncio.Task[Any] | None, consumer: AIOKafkaConsumer | None) -> None:

@@ -70,17 +70,19 @@ def _quote(value: Any) -> str:
 
 
 def configure(level: str = "INFO", as_json: bool = False) -> None:
-    """Install one stderr handler on the `moderator` logger (idempotent)."""
-    logger = logging.getLogger("moderator")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    """Install one stderr handler on the `moderator` and `aiokafka` loggers (idempotent), so
+    the client's own lines carry a time, a level and their logger like ours."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(as_json))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    ours = logging.getLevelName(level)
     # aiokafka is chatty at INFO about group membership; keep its warnings.
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for name, at in (("moderator", ours), ("aiokafka", max(ours, logging.WARNING))):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(at)
+        logger.propagate = False
 
 
 def get(name: str) -> logging.Logger:

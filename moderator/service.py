@@ -252,6 +252,7 @@ class Service:
         await producer.start()
         self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic, limits)
         self._producer = producer
+        await kafka.wait_until_ready(s.kafka, [s.kafka.input_topic], group_id=s.kafka.group_id)
         self._consumer = kafka.make_consumer(
             s.kafka,
             max_decompressed=min(

@@ -27,3 +27,23 @@ def test_json_logs_never_carry_secrets(capsys: pytest.CaptureFixture[str]) -> No
     record = json.loads(line)
     assert record["level"] == "info"
     assert record["password"] == "***"
+
+
+def test_aiokafka_lines_come_out_formatted_and_its_info_chatter_does_not(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("INFO")
+    try:
+        logging.getLogger("aiokafka.consumer.group_coordinator").info("joined group")
+        logging.getLogger("aiokafka.consumer.fetcher").error("Failed fetch offsets")
+        get("test").info("ours")
+    finally:
+        for name in ("moderator", "aiokafka"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert " ERROR   aiokafka.consumer.fetcher: Failed fetch offsets" in lines[0]
+    assert " INFO    moderator.test: ours" in lines[1]
