@@ -14,6 +14,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from moderator import kafka
+from moderator.settings import KafkaSettings
+
 if TYPE_CHECKING:  # conftest is loaded by pytest; import it only for the annotation
     from tests.integration.conftest import TopicFactory
 
@@ -86,3 +89,11 @@ async def test_redis_round_trip(redis_client: aioredis.Redis, redis_prefix: str)
     assert await redis_client.get(key) == b"flag"
     assert 0 < await redis_client.pttl(key) <= 60_000
     assert await redis_client.incr(f"{redis_prefix}counter") == 1
+
+
+async def test_wait_until_ready_sees_led_topics_and_a_coordinator(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    topic = await topic_factory(3, label="ready")
+    assert await kafka.wait_until_ready(settings, [topic], group_id="moderator-ready-test")
