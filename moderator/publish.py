@@ -74,12 +74,24 @@ def safe_name(name: str) -> str:
     return name
 
 
-def verdict_headers(policy_version: str, model_sha256: str) -> Headers:
-    return [
+def verdict_headers(
+    policy_version: str, model_sha256: str, origin: tuple[str, int, int] | None = None
+) -> Headers:
+    """A verdict's headers; `origin` (topic, partition, offset of the input record) traces it
+    back to the record it answers, as a dead letter's `x-original-*` headers do."""
+    headers = [
         ("content-type", b"application/json"),
         ("x-policy-version", policy_version.encode()),
         ("x-model-sha256", model_sha256.encode()),
     ]
+    if origin is not None:
+        topic, partition, offset = origin
+        headers += [
+            ("x-original-topic", topic.encode()),
+            ("x-original-partition", str(partition).encode()),
+            ("x-original-offset", str(offset).encode()),
+        ]
+    return headers
 
 
 def dlq_headers(

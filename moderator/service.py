@@ -558,7 +558,11 @@ class Service:
         )
         t = time.monotonic()
         truncated = await self._publisher.verdict(
-            event.id, verdict, verdict_headers(policy.version, runtime.sha256)
+            event.id,
+            verdict,
+            verdict_headers(
+                policy.version, runtime.sha256, (record.topic, record.partition, record.offset)
+            ),
         )
         self.metrics.stage_seconds.labels("publish").observe(time.monotonic() - t)
         return _Answered(event, verdict, embedding, image_sha, truncated)

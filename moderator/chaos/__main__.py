@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from moderator.chaos import hostile
 from moderator.chaos import scenarios as sc
 from moderator.chaos.report import render
 from moderator.chaos.stack import Stack, free_port_block
@@ -65,6 +66,8 @@ async def _run(args: argparse.Namespace, work: Path) -> list[sc.Result]:
         "redis": lambda: sc.redis(ctx, n, rate=args.rate),
         "rebalance": lambda: sc.rebalance(ctx, n, rate=args.rate),
         "slow-fetch": lambda: sc.slow_fetch(ctx, n),
+        "decode-kill": lambda: hostile.decode_kill(ctx, n, kills=args.kills),
+        "fuzz": lambda: hostile.fuzz(ctx, max(1000, n // 4)),
     }
     results = []
     try:

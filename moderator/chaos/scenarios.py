@@ -51,6 +51,7 @@ SESSION_TIMEOUT_MS = 10_000  # a SIGKILLed member's partitions wait this long fo
 FETCH_TIMEOUT_S = 1.0
 FETCH_RETRIES = 1
 SETTLE_S = 3.0  # after the last id is answered, how long to wait for late duplicates
+INPUT_PARTITIONS = 6
 _BREAKER_S = 5.0  # moderator.cache's retry_after_s: how long a failed Redis is left alone
 
 
@@ -166,6 +167,8 @@ class Run:
 
 
 Faults = Callable[[Run], Coroutine[Any, Any, None]]
+# Sends a scenario's input itself (to the input topic named): for records `produce` cannot write.
+Sender = Callable[[KafkaSettings, str], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -183,7 +186,7 @@ async def _topics(bootstrap: str, name: str) -> dict[str, str]:
     suffix = f"{name}-{uuid.uuid4().hex[:8]}"
     topics = {"input": f"chaos.{suffix}.in", "verdicts": f"chaos.{suffix}.verdicts"}
     topics["dlq"] = f"chaos.{suffix}.dlq"
-    for key, partitions in (("input", 6), ("verdicts", 3), ("dlq", 1)):
+    for key, partitions in (("input", INPUT_PARTITIONS), ("verdicts", 3), ("dlq", 1)):
         settings = KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=partitions)
         await kafka.ensure_topics(settings, [topics[key]])
     return topics
@@ -199,8 +202,11 @@ async def run_scenario(
     replicas: int = 1,
     rate: float | None = None,
     env: dict[str, str] | None = None,
+    send: Sender | None = None,
+    faults_planned: bool = True,
 ) -> Result:
-    """Send `work` (all at once, or at `rate` events/s), serve it, run `faults`, tally."""
+    """Send `work` (all at once, at `rate` events/s, or through `send`), serve it, run
+    `faults`, tally. With `send`, `work`'s ids are input positions ("partition:offset")."""
     stack = ctx.stack
     settings = KafkaSettings(bootstrap_servers=stack.bootstrap)
     topics = await _topics(stack.bootstrap, name)
@@ -208,12 +214,14 @@ async def run_scenario(
     log_dir = ctx.work_dir / name
     environment = serve_env(stack.bootstrap, stack.redis_url, topics, group, **(env or {}))
     fleet = Fleet(environment, log_dir)
-    checker = Checker(settings, topics["verdicts"], topics["dlq"])
+    checker = Checker(settings, topics["verdicts"], topics["dlq"], by_position=send is not None)
     n = len(work.events)
     timeout = ctx.timeout_s or 240.0 + n / 10
     ctx.say(f"[{name}] {n} events, timeout {timeout:.0f} s, logs in {log_dir}")
     producer: asyncio.Task[None] | None = None
-    if rate is None:
+    if send is not None:
+        await send(settings, topics["input"])
+    elif rate is None:
         await produce(settings, topics["input"], work.events)
     else:
         producer = asyncio.create_task(produce(settings, topics["input"], work.events, rate=rate))
@@ -265,7 +273,7 @@ async def run_scenario(
         notes=run.notes,
         fault_answered=run.fault_answered,
     )
-    if not result.mid_run:
+    if faults_planned and not result.mid_run:
         result.problems.append("a fault began only after every event was answered")
     ctx.say(
         f"[{name}] lost {tally.lost}, duplicated {tally.duplicated_ids} ids "
@@ -306,7 +314,7 @@ async def kill(ctx: Context, events: int, kills: int = 5) -> Result:
             run.fault(f"SIGKILL of the replica's process group (pid {pid}), restarted", at=at)
             floor = run.checker.answered
 
-    work = inline_workload(events, _run_id("kill"), ctx.seed)
+    work = inline_workload(events, run_id("kill"), ctx.seed)
     title = f"SIGKILL the service {kills} times at random moments, restart each time"
     return await run_scenario(ctx, "kill", title, work, faults)
 
@@ -347,7 +355,7 @@ async def broker(ctx: Context, events: int, rate: float, outage_s: float = 10.0)
         # and so may one whose commits failed during the outage.
         run.fault_count += 2 + run.fleet.restarts
 
-    work = inline_workload(events, _run_id("broker"), ctx.seed + 1)
+    work = inline_workload(events, run_id("broker"), ctx.seed + 1)
     title = "Stop and restart the Kafka broker mid-run (clean stop, then SIGKILL)"
     return await run_scenario(ctx, "broker", title, work, faults, rate=rate)
 
@@ -386,7 +394,7 @@ async def redis(ctx: Context, events: int, rate: float, outage_s: float = 8.0) -
         back = run.fleet.count_logged("redis is back")
         run.notes.append(f"the service logged 'redis unavailable' {seen}x, 'redis is back' {back}x")
 
-    work = inline_workload(events, _run_id("redis"), ctx.seed + 2)
+    work = inline_workload(events, run_id("redis"), ctx.seed + 2)
     title = "Stop Redis mid-run and start it again; freeze it (SIGSTOP) and thaw it"
     return await run_scenario(ctx, "redis", title, work, faults, rate=rate)
 
@@ -412,14 +420,14 @@ async def rebalance(ctx: Context, events: int, rate: float) -> Result:
         drained = run.fleet.exit_codes[-2:]
         run.fault(f"scaled 3 → 1 replica (SIGTERM, drained; exit codes {drained})", at=at)
 
-    work = inline_workload(events, _run_id("rebalance"), ctx.seed + 3)
+    work = inline_workload(events, run_id("rebalance"), ctx.seed + 3)
     title = "Rebalances: scale 1 → 3 → 1 service processes in one group mid-run"
     return await run_scenario(ctx, "rebalance", title, work, faults, rate=rate)
 
 
 async def slow_fetch(ctx: Context, events: int, share: float = 0.03) -> Result:
     """URL events on a black-holing (and a trickling) server amid normal traffic."""
-    work = inline_workload(events, _run_id("slow"), ctx.seed + 4)
+    work = inline_workload(events, run_id("slow"), ctx.seed + 4)
     with ImageServer() as server:
         slow = _with_slow_urls(work, server, share, random.Random(ctx.seed))
 
@@ -483,8 +491,8 @@ def _image_of(event: Event) -> bytes:
     return base64.b64decode(json.loads(event.value)["image_b64"])
 
 
-def _run_id(name: str) -> str:
+def run_id(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
-SCENARIOS = ("kill", "broker", "redis", "rebalance", "slow-fetch")
+SCENARIOS = ("kill", "broker", "redis", "rebalance", "slow-fetch", "decode-kill", "fuzz")

@@ -25,6 +25,7 @@ from moderator.settings import KafkaSettings
 from moderator.submit import json_event
 
 VERDICT = "verdict"  # expected outcome of a good event; DLQ outcomes are "dlq:<reason>"
+ANSWERED = "answered"  # expected outcome of a fuzz record: anything but an internal error
 SIZES = (64, 96)  # image side range in px: cheap to encode, decode and embed
 _JPEG_QUALITY = 85
 BROKEN_EVERY = 100  # one event in this many is malformed on purpose

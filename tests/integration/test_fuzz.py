@@ -1,7 +1,7 @@
 """A bounded fuzz of a real `moderator serve` process: random and mutated records in, each
 answered exactly once (a verdict or a dead letter), and the process never stops.
 
-The records (fuzz_records.py) are sent through a raw producer, so header names that are not
+The records (moderator/chaos/fuzz.py) are sent through a raw producer, so header names that are not
 UTF-8 reach the broker as they would from a non-Python client. Dead letters carry the input
 offset, so each is checked to be unique; verdicts carry only the event id, which mutations may
 make collide, so the total of answers (read for a while after the last one) must equal the
@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fuzz_records import records as fuzz_records
-
 from moderator import kafka
 from moderator.chaos.fleet import Fleet
+from moderator.chaos.fuzz import records as fuzz_records
 from moderator.chaos.rawrecords import send_raw
 from moderator.chaos.scenarios import serve_env
 from moderator.settings import KafkaSettings

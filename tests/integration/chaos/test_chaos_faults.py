@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from moderator.chaos import hostile
 from moderator.chaos import scenarios as sc
 from moderator.chaos.scenarios import Context, Result
 
@@ -72,3 +73,25 @@ async def test_black_holed_urls_go_to_the_dlq_without_stalling_the_rest(chaos: C
     assert f"attempts (x-attempts) of the failed fetches: {sc.FETCH_RETRIES + 1}-" in " ".join(
         result.notes
     )
+
+
+async def test_decode_processes_killed_twice_cost_no_event(chaos: Context) -> None:
+    result = await hostile.decode_kill(chaos, 1500, kills=2)
+    _assert_targets(result, faults=2)
+    assert result.restarts == 0
+    assert result.tally.duplicated_ids == 0  # nothing was re-delivered: the replica lived
+    assert "decode_crashed" not in result.tally.dlq_by_reason
+
+
+async def test_fuzzed_records_are_each_answered_once(chaos: Context) -> None:
+    result = await hostile.fuzz(chaos, 1200)
+    tally = result.tally
+    detail = f"{result}"
+    assert result.events == 1200
+    assert tally.lost == 0, detail
+    assert tally.unknown == 0, detail
+    assert tally.wrong_outcome == 0, detail  # none dead-lettered as internal_error
+    assert tally.duplicated_ids == 0, detail
+    assert result.restarts == 0, detail
+    assert result.stop_codes == [0], detail
+    assert not result.problems, detail

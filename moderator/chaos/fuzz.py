@@ -1,4 +1,4 @@
-"""Random and mutated Kafka records for the integration fuzz (test_fuzz.py).
+"""Random and mutated Kafka records: the fuzz scenario's input (and the integration fuzz test's).
 
 Each record is (key, value, headers) with header names as raw bytes, so that names which are
 not UTF-8 can be sent (`moderator.chaos.rawrecords`). The kinds mix pure noise with mutations
