@@ -18,7 +18,7 @@ so that is a broker or aiokafka fault, and it must not stall the partition.
 A compressed batch is first decompressed here into a bounded buffer (`max_decompressed`): a
 batch of 1 MB on the broker can hold gigabytes once inflated. One that does not fit is not
 decompressed at all: each of its offsets comes out as a record with no key or value and one
-header, `UNREADABLE` (its value says why), which the service dead-letters as `too_large`.
+header, `TOO_LARGE` (its value says why), which the service dead-letters as `too_large`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED",
+    "TOO_LARGE",
     "UNREADABLE",
     "LenientMemoryRecords",
     "LenientRecord",
@@ -45,7 +46,10 @@ __all__ = [
     "read_batch",
 ]
 
-UNREADABLE = "x-moderator-unreadable"  # the header of a record standing in for one not read
+# The header of a record standing in for one not read: its batch would inflate too far, or
+# could not be parsed at all. The value says why.
+TOO_LARGE = "x-moderator-too-large"
+UNREADABLE = "x-moderator-unreadable"
 DEFAULT_MAX_DECOMPRESSED = 64 * 1024 * 1024
 _XERIAL = b"\x82SNAPPY\x00"
 
@@ -207,8 +211,9 @@ def inflated_problem(raw: bytes | memoryview, limit: int) -> str | None:
 class _UnreadableBatch:
     """Stand-in records, one per offset of a batch that is not read (`inflated_problem`)."""
 
-    def __init__(self, batch: Any, why: str) -> None:
+    def __init__(self, batch: Any, why: str, *, marker: str = UNREADABLE) -> None:
         self._batch = batch
+        self._marker = marker
         self._why = f"{why}; the record was not read, so its bytes are not here".encode()
         self._iterator: Iterator[LenientRecord] | None = None
 
@@ -229,7 +234,12 @@ class _UnreadableBatch:
         first = max(batch.base_offset, offset + 1)
         for at in range(first, batch.base_offset + batch.last_offset_delta + 1):
             yield LenientRecord(
-                at, batch.max_timestamp, batch.timestamp_type, None, None, [(UNREADABLE, self._why)]
+                at,
+                batch.max_timestamp,
+                batch.timestamp_type,
+                None,
+                None,
+                [(self._marker, self._why)],
             )
 
 
@@ -300,7 +310,7 @@ class LenientMemoryRecords:
         if batch.compression_type and not batch.is_control_batch:
             why = inflated_problem(raw, self.max_decompressed)
             if why is not None:
-                return _UnreadableBatch(batch, why)
+                return _UnreadableBatch(batch, why, marker=TOO_LARGE)
         return _LenientBatch(batch, raw)
 
 

@@ -40,6 +40,7 @@ from moderator.decode_pool import DecodePool
 from moderator.embed import ClipRuntime, load_model
 from moderator.errors import (
     ConfigError,
+    EventError,
     InvalidEmbedding,
     ModeratorError,
     Reason,
@@ -650,9 +651,11 @@ class Service:
         assert self._spec is not None
         assert self._decode_pool is not None
         max_bytes = self.settings.pipeline.max_image_bytes
-        for name, why in record.headers:
-            if name == kafka_records.UNREADABLE:  # a stand-in for a record not decompressed
+        for name, why in record.headers:  # stand-ins for records kafka_records did not read
+            if name == kafka_records.TOO_LARGE:
                 raise TooLarge((why or b"").decode("utf-8", "replace"))
+            if name == kafka_records.UNREADABLE:
+                raise EventError((why or b"").decode("utf-8", "replace"))
         size = len(record.value or b"")
         if size > max_bytes * 4 // 3 + _JSON_ENVELOPE_BYTES:
             raise TooLarge(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from moderator import kafka_records
 from moderator.chaos.rawrecords import RawName, python_writer
-from moderator.kafka_records import UNREADABLE, LenientMemoryRecords, read_batch
+from moderator.kafka_records import TOO_LARGE, UNREADABLE, LenientMemoryRecords, read_batch
 
 Record = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
 
@@ -133,7 +133,7 @@ def test_a_batch_inflating_past_the_bound_is_not_decompressed(
     for _offset, key, value, headers in read[:3]:
         assert (key, value) == (None, None)
         ((name, why),) = headers
-        assert name == UNREADABLE
+        assert name == TOO_LARGE
         assert why is not None
         assert f"more than {small_inflate_bound} bytes".encode() in why
     assert read[3][1:3] == (b"next", b"ok")  # the batch after it is read as usual
