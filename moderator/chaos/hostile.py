@@ -30,25 +30,17 @@ _FUZZ_BATCH = 50  # records per raw batch: one partition each, round robin
 
 async def decode_kill(ctx: Context, events: int, kills: int = 5) -> Result:
     """SIGKILL a decode process of the replica `kills` times; the replica serves on."""
-    progress = max(5, events // 50)
 
     async def faults(run: Run) -> None:
-        floor = 0
-        for i in range(kills):
-            fraction = 0.05 + 0.85 * (i + run.rng.uniform(0.15, 0.85)) / kills
-            target = max(int(events * fraction), floor + progress)
-            if target >= events or not await run.checker.wait_for(target, 600):
-                run.notes.append(f"kill {i + 1} not injected: the run ended first")
-                return
+        async for i in run.moments(kills):
             workers = decode_processes(run.fleet.replicas[0].pid)
             if not workers:
-                run.notes.append(f"kill {i + 1} not injected: no decode process found")
+                run.notes.append(f"fault {i + 1} not injected: no decode process found")
                 continue
             victim = run.rng.choice(workers)
             at = run.mark()
             _kill(victim)
             run.fault(f"SIGKILL of decode process {victim}", at=at, redelivers=False)
-            floor = run.checker.answered
 
     work = inline_workload(events, run_id("decode-kill"), ctx.seed + 5)
     title = f"SIGKILL a decode process {kills} times at random moments; the replica serves on"

@@ -27,7 +27,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,23 @@ class Run:
         """Wait until `fraction` of the events are answered."""
         return await self.checker.wait_for(int(self.events * fraction), timeout_s)
 
+    async def moments(self, count: int) -> AsyncIterator[int]:
+        """Yield 0..count-1, each at a random moment inside its own of `count` equal slices
+        of 5-90 % answered: random, yet spread over the run. Each moment also waits for
+        progress since the previous one, so every fault meets a replica that is working (not
+        one still starting)."""
+        progress = max(5, self.events // 50)
+        floor = 0
+        for i in range(count):
+            fraction = 0.05 + 0.85 * (i + self.rng.uniform(0.15, 0.85)) / count
+            target = max(int(self.events * fraction), floor + progress)
+            if target >= self.events or not await self.checker.wait_for(target, 600):
+                self.notes.append(f"fault {i + 1} not injected: the run ended first")
+                return
+            await asyncio.sleep(self.rng.uniform(0.0, 0.5))
+            yield i
+            floor = self.checker.answered
+
 
 Faults = Callable[[Run], Coroutine[Any, Any, None]]
 # Sends a scenario's input itself (to the input topic named): for records `produce` cannot write.
@@ -294,25 +311,12 @@ def _answer_span(checker: Checker) -> float:
 
 async def kill(ctx: Context, events: int, kills: int = 5) -> Result:
     """SIGKILL the replica at `kills` random moments, restarting it each time."""
-    # Each replacement must answer this many new ids before the next kill, so every kill
-    # hits a replica that is really working (not one still starting).
-    progress = max(5, events // 50)
 
     async def faults(run: Run) -> None:
-        floor = 0
-        for i in range(kills):
-            # One random moment inside each of `kills` equal slices of 5-90 %: random, yet
-            # spread over the run.
-            fraction = 0.05 + 0.85 * (i + run.rng.uniform(0.15, 0.85)) / kills
-            target = max(int(events * fraction), floor + progress)
-            if target >= events or not await run.checker.wait_for(target, 600):
-                run.notes.append(f"kill {i + 1} not injected: the run ended first")
-                return
-            await asyncio.sleep(run.rng.uniform(0.0, 0.5))
+        async for _ in run.moments(kills):
             at = run.mark()
             pid = run.fleet.kill(0)
             run.fault(f"SIGKILL of the replica's process group (pid {pid}), restarted", at=at)
-            floor = run.checker.answered
 
     work = inline_workload(events, run_id("kill"), ctx.seed)
     title = f"SIGKILL the service {kills} times at random moments, restart each time"
