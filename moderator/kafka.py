@@ -233,15 +233,15 @@ async def open_reader(
     consumer = make_consumer(settings, group_id=None, **overrides)
     await consumer.start()
     consumer.assign(parts)
-    if from_start:
-        await consumer.seek_to_beginning(*parts)
-    else:
-        # A topic created a moment ago may name a leader that is not leading yet: aiokafka
-        # retries the offset lookup, and each retry is not worth an error line.
-        with _quiet_leader_retries():
+    # A topic created a moment ago may name a leader that is not leading yet: aiokafka
+    # retries the offset lookup, and each retry is not worth an error line.
+    with _quiet_leader_retries():
+        if from_start:
+            await consumer.seek_to_beginning(*parts)
+        else:
             await consumer.seek_to_end(*parts)
-            for tp in parts:
-                await consumer.position(tp)
+        for tp in parts:
+            await consumer.position(tp)
     return consumer
 
 

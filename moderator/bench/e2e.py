@@ -56,7 +56,7 @@ from moderator.bench.model import B32, resolve_bench_model
 from moderator.bench.report import Column, Report
 from moderator.embed.paths import DEMO_NAME
 from moderator.errors import ConfigError
-from moderator.kafka import close_reader, open_reader
+from moderator.kafka import close_reader, open_reader, wait_until_ready
 from moderator.settings import KafkaSettings
 
 __all__ = ["E2EOptions", "default_events", "percentile", "run_e2e_bench"]
@@ -858,6 +858,7 @@ class _Topics:
             await admin.create_topics([NewTopic(name, self._partitions, 1, topic_configs=config)])
         finally:
             await admin.close()
+        await wait_until_ready(KafkaSettings(bootstrap_servers=self._broker), [name])
         self.created.append(name)
         return name
 
