@@ -513,26 +513,26 @@ class Service:
         """One record's error boundary: whatever it carries ends as a verdict or a dead
         letter, once. Only a `ServiceFault` (the broker refused a send, inference failed)
         escapes, leaving the record unfinished and uncommitted."""
-        answered = False
         try:
             answer = await self._answer(record)
-            answered = True
-            await self._after_verdict(answer)
         except ServiceFault:
             raise
         except ModeratorError as exc:
             attempts = int(getattr(exc, "attempts", 1))
             await self._dead_letter(record, exc.reason, str(exc), attempts)
         except Exception as exc:  # a bug, or an input nothing anticipated
-            if answered:  # the verdict is out: a dead letter would answer the event twice
+            log.exception(
+                "internal error; dead-lettering the event",
+                extra={"fields": {"partition": record.partition, "offset": record.offset}},
+            )
+            await self._dead_letter(record, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            try:
+                await self._after_verdict(answer)
+            except ServiceFault:
+                raise
+            except Exception:  # the verdict is out: a dead letter would answer it twice
                 log.exception("error after the verdict was published")
-            else:
-                log.exception(
-                    "internal error; dead-lettering the event",
-                    extra={"fields": {"partition": record.partition, "offset": record.offset}},
-                )
-                detail = f"{type(exc).__name__}: {exc}"
-                await self._dead_letter(record, Reason.INTERNAL_ERROR, detail)
         self.tracker.finished(record.topic, record.partition, record.offset)
         self._finished_since_commit += 1
         if record.timestamp and record.timestamp > 0:
