@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import struct
 from collections.abc import AsyncIterator
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,17 @@ def _die_if(marker: str, value: int) -> int:
     """Kill this decode process when `marker` exists (a poison image), else echo `value`."""
     if Path(marker).exists():
         os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def _die_mid_send(value: int) -> int:
+    """Die as a worker the OOM killer takes while it sends a result: the result pipe's lock
+    held, half a message written."""
+    for queue in gc.get_objects():
+        if isinstance(queue, SimpleQueue) and queue._wlock is not None:
+            queue._wlock.acquire()
+            queue._writer._send(struct.pack("!i", 1_000_000) + b"partial")  # type: ignore[attr-defined]
+    os.kill(os.getpid(), signal.SIGKILL)
     return value
 
 
@@ -95,3 +109,19 @@ async def test_an_event_cancelled_before_a_death_strands_no_other(pool: DecodePo
     outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 30)
     assert isinstance(outcomes[5], asyncio.CancelledError)
     assert [o for i, o in enumerate(outcomes) if i != 5] == [0, 1, 2, 3, 4, 6, 7]
+
+
+async def test_a_process_killed_mid_send_does_not_wedge_the_pool(
+    pool: DecodePool, replaced: list[str]
+) -> None:
+    innocent = asyncio.ensure_future(pool.run(_slow, 5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DecodeCrashed):  # it dies the same way on its retry
+        await asyncio.wait_for(pool.run(_die_mid_send, 1), 30)
+    assert await asyncio.wait_for(innocent, 30) == 5
+    assert replaced == ["main", "quarantine"]
+    assert await asyncio.wait_for(asyncio.gather(*(pool.run(_slow, i) for i in range(3))), 30) == [
+        0,
+        1,
+        2,
+    ]
