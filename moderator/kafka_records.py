@@ -208,25 +208,39 @@ def inflated_problem(raw: bytes | memoryview, limit: int) -> str | None:
     return None
 
 
-class _UnreadableBatch:
-    """Stand-in records, one per offset of a batch that is not read (`inflated_problem`)."""
+class _Batch:
+    """aiokafka's batch with its records from `_records()`; every other attribute is the
+    batch's own (the fetcher reads offsets, CRC and flags from it)."""
 
-    def __init__(self, batch: Any, why: str, *, marker: str = UNREADABLE) -> None:
+    def __init__(self, batch: Any) -> None:
         self._batch = batch
-        self._marker = marker
-        self._why = f"{why}; the record was not read, so its bytes are not here".encode()
-        self._iterator: Iterator[LenientRecord] | None = None
+        self._iterator: Iterator[Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batch, name)
 
-    def __iter__(self) -> Iterator[LenientRecord]:
+    def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> LenientRecord:
+    def __next__(self) -> Any:
         if self._iterator is None:
-            self._iterator = self.after(-1)
+            self._iterator = self._records()
         return next(self._iterator)
+
+    def _records(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class _UnreadableBatch(_Batch):
+    """Stand-in records, one per offset of a batch that is not read (`inflated_problem`)."""
+
+    def __init__(self, batch: Any, why: str, *, marker: str = UNREADABLE) -> None:
+        super().__init__(batch)
+        self._marker = marker
+        self._why = f"{why}; the record was not read, so its bytes are not here".encode()
+
+    def _records(self) -> Iterator[LenientRecord]:
+        return self.after(-1)
 
     def after(self, offset: int) -> Iterator[LenientRecord]:
         """Stand-ins for the batch's offsets past `offset`."""
@@ -243,24 +257,12 @@ class _UnreadableBatch:
             )
 
 
-class _LenientBatch:
+class _LenientBatch(_Batch):
     """aiokafka's batch, iterated by its own reader until that fails, then by `read_batch`."""
 
     def __init__(self, batch: Any, raw: memoryview) -> None:
-        self._batch = batch
+        super().__init__(batch)
         self._raw = raw
-        self._iterator: Iterator[Any] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._batch, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._iterator is None:
-            self._iterator = self._records()
-        return next(self._iterator)
 
     def _records(self) -> Iterator[Any]:
         last = -1
