@@ -25,8 +25,8 @@ __all__ = ["MemoryBudget"]
 
 
 class MemoryBudget:
-    """Bytes in use against a limit. `used` may pass `limit` through `charge`, never
-    through `reserve`."""
+    """Bytes in use against a limit. `used` may pass `limit` through `charge`, and through
+    `reserve` only for a reservation alone."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -34,6 +34,7 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self._reserved = 0  # the part of `used` held by reservations
+        self._waiting = 0  # reservations waiting for room
         self._freed = asyncio.Condition()
 
     def charge(self, size: int) -> None:
@@ -44,10 +45,8 @@ class MemoryBudget:
         if size > self.used:
             raise ValueError(f"releasing {size} bytes of {self.used} held")
         self.used -= size
-        loop_waiters = self._freed
-        # Wake reservations; notify needs the lock, so it runs as its own small task.
-        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
-            asyncio.get_running_loop().create_task(_notify(loop_waiters))
+        if self._waiting:  # notify needs the lock, so it runs as its own small task
+            asyncio.get_running_loop().create_task(_notify(self._freed))
 
     @property
     def spent(self) -> bool:
@@ -59,9 +58,13 @@ class MemoryBudget:
         """Hold `size` bytes for the block, waiting until they fit, or until no other
         reservation is held (so one always goes, even over the budget)."""
         async with self._freed:
-            await self._freed.wait_for(
-                lambda: self.used + size <= self.limit or self._reserved == 0
-            )
+            self._waiting += 1
+            try:
+                await self._freed.wait_for(
+                    lambda: self.used + size <= self.limit or self._reserved == 0
+                )
+            finally:
+                self._waiting -= 1
             self.used += size
             self._reserved += size
         try:
