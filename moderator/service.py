@@ -544,10 +544,15 @@ class Service:
         assert self._reloader is not None
         started = time.monotonic()
         timings: dict[str, float] = {}
-        event, image_sha, pixels, data, _attempts = await self._prepare(record, timings)
-        embedding, cached = await self._embed(image_sha, pixels, data, timings)
-        if not np.isfinite(embedding).all():
-            raise InvalidEmbedding("the model's embedding of this image holds NaN or Inf")
+        event, image_sha, pixels, data, attempts = await self._prepare(record, timings)
+        try:
+            embedding, cached = await self._embed(image_sha, pixels, data, timings)
+            if not np.isfinite(embedding).all():
+                raise InvalidEmbedding("the model's embedding of this image holds NaN or Inf")
+        except ModeratorError as exc:  # x-attempts: the fetch attempts this image took
+            if not hasattr(exc, "attempts"):
+                exc.attempts = attempts  # type: ignore[attr-defined]
+            raise
         t = time.monotonic()
         policy = self._reloader.current
         outcome = policy.score(embedding[None, :], [event.surface])[0]

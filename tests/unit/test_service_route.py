@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from moderator.acquire import Fetcher, FetchPolicy
+from moderator.acquire import Fetched, Fetcher, FetchPolicy
 from moderator.batch import Batcher
 from moderator.decode import PreprocessSpec
 from moderator.decode_pool import DecodePool
@@ -329,3 +329,20 @@ def test_an_inference_failure_is_the_services_not_a_dead_letter(
     with pytest.raises(InferenceFailed):
         route.handle(ConsumerRecord("in", 0, 5, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
     assert len(route.producer.sent) == before  # nothing published: the event stays unanswered
+
+
+def test_an_image_fetched_after_a_retry_and_then_refused_counts_its_fetch_attempts(
+    route: _Route, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fetch(url: str) -> Fetched:
+        return Fetched(b"not an image at all", url, attempts=2, content_type="image/png")
+
+    assert route.service._fetcher is not None
+    monkeypatch.setattr(route.service._fetcher, "fetch", fetch)
+    value = json.dumps({"id": "retried-1", "image_url": "https://img.example/a.png"}).encode()
+    sent = route.handle(ConsumerRecord("in", 0, 6, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    (out,) = sent
+    headers = dict(out[3])
+    assert out[0] == "dlq"
+    assert headers["x-error-reason"] == b"unsupported_format"
+    assert headers["x-attempts"] == b"2"
