@@ -192,32 +192,35 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
         await producer.stop()
 
 
-async def max_message_bytes(settings: KafkaSettings, topic: str) -> int:
-    """The largest record batch `topic` accepts (its max.message.bytes), asked of the brokers.
+async def max_message_bytes(settings: KafkaSettings, topics: list[str]) -> dict[str, int]:
+    """The largest record batch each of `topics` accepts (its max.message.bytes), asked of the
+    brokers in one request.
 
     A record over it is refused by the broker, and with idempotence on, aiokafka's producer
     then fails every later send to that partition (OutOfOrderSequenceNumber), so publishers
-    check sizes against this before sending. Kafka's default when the brokers do not say.
+    check sizes against this before sending. Kafka's default where the brokers do not say.
     """
+    limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
     admin = AIOKafkaAdminClient(**_common(settings))
     await admin.start()
     try:
-        wanted = ConfigResource(
-            ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None}
-        )
-        for response in await admin.describe_configs([wanted]):
+        wanted = [
+            ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})
+            for t in dict.fromkeys(topics)
+        ]
+        for response in await admin.describe_configs(wanted):
             for resource in response.to_object()["resources"]:
                 for entry in resource["config_entries"]:
                     if entry["config_names"] == "max.message.bytes":
-                        return int(entry["config_value"])
+                        limits[resource["resource_name"]] = int(entry["config_value"])
     except (KafkaError, KeyError, ValueError) as exc:
         log.warning(
             "could not read max.message.bytes; assuming Kafka's default",
-            extra={"fields": {"topic": topic, "error": str(exc)}},
+            extra={"fields": {"topics": topics, "error": str(exc)}},
         )
     finally:
         await admin.close()
-    return DEFAULT_MAX_MESSAGE_BYTES
+    return limits
 
 
 async def open_reader(

@@ -248,7 +248,7 @@ class Service:
         if s.kafka.create_topics:
             await kafka.ensure_topics(s.kafka, topics)
         # Every output topic's record limit: a record over it would wedge the producer.
-        limits = {t: await kafka.max_message_bytes(s.kafka, t) for t in topics[1:]}
+        limits = await kafka.max_message_bytes(s.kafka, topics[1:])
         producer = kafka.make_producer(s.kafka)
         await producer.start()
         self._publisher = Publisher(producer, s.kafka.verdict_topic, s.kafka.dlq_topic, limits)

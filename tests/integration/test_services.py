@@ -97,3 +97,15 @@ async def test_wait_until_ready_sees_led_topics_and_a_coordinator(
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
     topic = await topic_factory(3, label="ready")
     assert await kafka.wait_until_ready(settings, [topic], group_id="moderator-ready-test")
+
+
+async def test_max_message_bytes_reads_every_topics_limit_in_one_call(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    small = await topic_factory(1, label="limit-small", config={"max.message.bytes": "50000"})
+    plain = await topic_factory(1, label="limit-plain")
+    limits = await kafka.max_message_bytes(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap), [small, plain]
+    )
+    assert limits[small] == 50_000
+    assert limits[plain] == kafka.DEFAULT_MAX_MESSAGE_BYTES  # the broker's default here

@@ -37,7 +37,7 @@ async def test_produce_and_consume_over_scram_and_tls(secure_kafka: SecureKafka)
         await consumer.commit()  # group coordination works over the secured listener too
     finally:
         await consumer.stop()
-    assert await kafka.max_message_bytes(settings, topic) > 0
+    assert (await kafka.max_message_bytes(settings, [topic]))[topic] > 0
 
 
 async def _refused(settings: object) -> None:
