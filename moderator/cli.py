@@ -125,7 +125,7 @@ def export(
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Consume image events, publish verdicts; runs until SIGTERM/SIGINT, then drains."""
-    from moderator.service import run_service
+    from moderator.service.app import run_service
 
     try:
         code = run_service(config_file=config)
@@ -143,7 +143,7 @@ def score(
     ),
 ) -> None:
     """Score image files offline; one verdict JSON per line, exactly as the service writes it."""
-    from moderator.offline import score_files
+    from moderator.commands.score import score_files
 
     try:
         verdicts = asyncio.run(score_files(images, model=model, policy=policy))
@@ -165,8 +165,8 @@ def submit(
     ] = False,
 ) -> None:
     """Publish image events to the input topic (try the service in a minute)."""
+    from moderator.commands.submit import submit_images
     from moderator.settings import load_settings
-    from moderator.submit import submit_images
 
     try:
         ids = asyncio.run(
@@ -188,8 +188,8 @@ def tail(
     dlq: Annotated[bool, typer.Option(help="Follow the dead-letter topic instead.")] = False,
 ) -> None:
     """Follow the verdict (or dead-letter) topic as a readable table."""
+    from moderator.commands.tail import tail_topic
     from moderator.settings import load_settings
-    from moderator.tail import tail_topic
 
     try:
         asyncio.run(

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from moderator.decode import PreprocessSpec
+    from moderator.pipeline.decode.cpu import PreprocessSpec
 
 Embeddings = NDArray[np.float32]
 """Rows are L2-normalized float32 embeddings, shape (n, dim)."""
@@ -27,6 +27,12 @@ AttentionKernel = Literal["efficient", "flash", "cudnn", "auto"]
 
 DEFAULT_ATTENTION: AttentionKernel = "efficient"
 """What `serve` and the benches use unless told otherwise (measured: see `load_model`)."""
+
+
+def buckets(max_batch: int) -> list[int]:
+    """Batch sizes a GPU stage prepares for (a graph, a resize session): powers of two from 1
+    up to the first one holding `max_batch`. A batch of n runs at the smallest that holds it."""
+    return [1 << k for k in range((max_batch - 1).bit_length() + 1)]
 
 
 class Decision(StrEnum):

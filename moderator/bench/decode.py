@@ -8,9 +8,9 @@ Three CPU figures for our `decode_image`, per format:
   the figure includes pickling the bytes in and the pixels out.
 
 On a CUDA machine, two GPU paths for batches of JPEG bytes:
-- `gpu (serve)`: what `serve` runs, `moderator.decode_gpu.GpuJpegDecoder` (nvImageCodec on the
-  hardware JPEG engines, then one ONNX Runtime resize-and-crop call per batch), with its
-  pixels compared against the CPU path's;
+- `gpu (serve)`: what `serve` runs, `GpuJpegDecoder` from `moderator.pipeline.decode.gpu`
+  (nvImageCodec on the hardware JPEG engines, then one ONNX Runtime resize-and-crop call per
+  batch), with its pixels compared against the CPU path's;
 - `gpu (torchvision|torchcodec)`: nvJPEG through torch, resized and centre-cropped by torch
   (`gpu_preprocess`), the peer a torch user would write.
 PNG has no GPU decoder, so it is CPU-only.
@@ -32,8 +32,8 @@ import numpy as np
 
 from moderator.bench.images import BenchImage, bench_images
 from moderator.bench.report import Column, Report
-from moderator.decode import PreprocessSpec, decode_image
 from moderator.errors import ConfigError
+from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 
 __all__ = ["gpu_decoder", "gpu_preprocess", "run_decode_bench"]
 
@@ -190,7 +190,7 @@ def gpu_preprocess(
     import torch
     import torch.nn.functional as F
 
-    from moderator.decode import _crop_start, _resize_size
+    from moderator.pipeline.decode.cpu import _crop_start, _resize_size
 
     if decode is None:
         found = gpu_decoder()
@@ -259,7 +259,7 @@ def _serve_gpu_rate(
 ) -> tuple[float, float, dict[str, float]]:
     """`serve`'s GPU decoder over batches of `batch`: (img/s with its two stages in two
     threads as `serve` runs them, img/s in one thread, pixel difference vs the CPU path)."""
-    from moderator.decode_gpu import GpuJpegDecoder
+    from moderator.pipeline.decode.gpu import GpuJpegDecoder
 
     decoder = GpuJpegDecoder(spec, device_id=0, max_batch=batch)
     try:
@@ -318,7 +318,7 @@ def _serve_gpu_worker(seconds: float, batch: int) -> float:
         try:
             if problem := _serve_gpu_problem():  # also loads the CUDA libraries ORT needs
                 raise RuntimeError(problem)
-            from moderator.decode_gpu import GpuJpegDecoder
+            from moderator.pipeline.decode.gpu import GpuJpegDecoder
 
             decoder = GpuJpegDecoder(_worker_state["spec"], device_id=0, max_batch=batch)
             _worker_state.update(decoder=decoder, batches=_batches(_worker_images, batch))

@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from moderator import kafka
-from moderator.acquire import FetchPolicy
 from moderator.chaos.checker import Checker, Tally
 from moderator.chaos.fleet import Fleet
 from moderator.chaos.imageserver import ImageServer
 from moderator.chaos.stack import Stack
 from moderator.chaos.workload import VERDICT, Event, Workload, inline_workload, produce
+from moderator.commands.submit import json_event
+from moderator.pipeline.acquire.fetch import FetchPolicy
 from moderator.settings import KafkaSettings
-from moderator.submit import json_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Service settings every scenario shares. In-flight and poll sizes are set (not left at the
@@ -52,7 +52,7 @@ FETCH_TIMEOUT_S = 1.0
 FETCH_RETRIES = 1
 SETTLE_S = 3.0  # after the last id is answered, how long to wait for late duplicates
 INPUT_PARTITIONS = 6
-_BREAKER_S = 5.0  # moderator.cache's retry_after_s: how long a failed Redis is left alone
+_BREAKER_S = 5.0  # moderator.cache.redis's retry_after_s: how long a failed Redis is left alone
 
 
 def serve_env(

@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from moderator import kafka
+from moderator.commands.submit import json_event
 from moderator.demo.shapes import combos, render
 from moderator.errors import ConfigError
 from moderator.settings import KafkaSettings
-from moderator.submit import json_event
 
 VERDICT = "verdict"  # expected outcome of a good event; DLQ outcomes are "dlq:<reason>"
 ANSWERED = "answered"  # expected outcome of a fuzz record: anything but an internal error

@@ -21,11 +21,11 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer
 
 from moderator import kafka
+from moderator.commands.submit import Record, cloudevent_headers, json_event, publish_records
 from moderator.demo.shapes import generate
 from moderator.errors import ConfigError
-from moderator.service import Service
+from moderator.service.app import Service
 from moderator.settings import Settings
-from moderator.submit import Record, cloudevent_headers, json_event, publish_records
 
 
 @dataclass

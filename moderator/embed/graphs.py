@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
-from moderator.batch import buckets
 from moderator.cudart import CudaRuntime
-from moderator.types import Embeddings
+from moderator.types import Embeddings, buckets
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -22,7 +22,6 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from moderator.decode import PreprocessSpec, decode_image
 from moderator.embed.graphs import VisionGraphs
 from moderator.embed.manifest import (
     TEXT_NAME,
@@ -36,6 +35,7 @@ from moderator.embed.paths import resolve_model_path
 from moderator.embed.providers import SHORT_NAMES, Provider, select_providers
 from moderator.embed.tokenize import TextTokenizer
 from moderator.errors import ModelError
+from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.types import DEFAULT_ATTENTION, AttentionKernel, Embeddings, Encoder, Pixels
 
 __all__ = ["ClipRuntime", "load_model"]

@@ -11,7 +11,8 @@ yamllines.py  YAML → plain data with line numbers, aliases and nesting bounded
 
 from __future__ import annotations
 
-from moderator.policy.cache import EmbeddingCache, MemoryEmbeddingCache
+from moderator.cache.keys import EmbeddingCache
+from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.policy.compile import compile_policy
 from moderator.policy.load import ConceptSpec, PolicySet, load_policies
 from moderator.policy.reload import PolicyReloader

@@ -17,8 +17,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.errors import ModeratorError, PolicyError
-from moderator.policy.cache import MemoryEmbeddingCache
 from moderator.policy.compile import compile_policy
 from moderator.policy.evaluate import (
     ConceptReport,

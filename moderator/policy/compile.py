@@ -17,14 +17,14 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from moderator.errors import ModeratorError, PolicyError
-from moderator.policy.cache import (
+from moderator.cache.keys import (
     TEXT_KIND,
     EmbeddingCache,
     content_key,
     image_namespace,
     namespace,
 )
+from moderator.errors import ModeratorError, PolicyError
 from moderator.policy.load import PolicySet
 from moderator.policy.score import CompiledPolicy
 from moderator.types import Embeddings, Encoder

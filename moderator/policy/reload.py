@@ -19,9 +19,10 @@ import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from moderator.cache.keys import EmbeddingCache
+from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.errors import ModeratorError, PolicyError
 from moderator.log import get
-from moderator.policy.cache import EmbeddingCache, MemoryEmbeddingCache
 from moderator.policy.compile import DEFAULT_TTL_S, compile_policy
 from moderator.policy.load import PolicySet, load_policies, policy_files
 from moderator.policy.score import CompiledPolicy

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from moderator.bench.images import bench_images
-from moderator.decode import PreprocessSpec, decode_image
-from moderator.decode_gpu import DeviceBatch, GpuJpegDecoder, geometry, reduction
 from moderator.embed.providers import cuda_device_count
+from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
+from moderator.pipeline.decode.gpu import DeviceBatch, GpuJpegDecoder, geometry, reduction
 
 
 def _gpu_ready() -> bool:

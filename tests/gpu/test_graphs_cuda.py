@@ -54,7 +54,7 @@ def test_device_pixels_give_the_plain_runs_embeddings(
 ) -> None:
     pytest.importorskip("nvidia.nvimgcodec")
     from moderator.bench.images import bench_images
-    from moderator.decode_gpu import GpuJpegDecoder
+    from moderator.pipeline.decode.gpu import GpuJpegDecoder
 
     plain, graphs = pair
     decoder = GpuJpegDecoder(plain.preprocess, device_id=0, max_batch=8)

@@ -11,7 +11,7 @@ import asyncio
 
 import numpy as np
 
-from moderator.cache import RedisEmbeddingCache
+from moderator.cache.redis import RedisEmbeddingCache
 
 BURST = 600  # > redis-py's default pool size (100), < moderator's default MAX_IN_FLIGHT (1024)
 

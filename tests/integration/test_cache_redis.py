@@ -3,7 +3,7 @@
 import numpy as np
 import redis.asyncio as aioredis
 
-from moderator.cache import RedisEmbeddingCache
+from moderator.cache.redis import RedisEmbeddingCache
 
 
 async def test_round_trip_hits_and_misses(redis_url: str, redis_prefix: str) -> None:

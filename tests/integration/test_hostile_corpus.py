@@ -32,12 +32,12 @@ from hostile_corpus import (
 from PIL import Image
 
 from moderator import kafka
-from moderator.acquire import Fetcher, FetchPolicy
 from moderator.chaos.fleet import Fleet
 from moderator.chaos.imageserver import ImageServer
 from moderator.chaos.rawrecords import send_raw
 from moderator.chaos.scenarios import serve_env
 from moderator.errors import FetchBlocked
+from moderator.pipeline.acquire.fetch import Fetcher, FetchPolicy
 from moderator.settings import KafkaSettings
 
 # The service at rest is ~250 MB (model, ORT arenas) plus ~60 MB per decode process; the

@@ -23,8 +23,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from moderator.demo.shapes import generate
-from moderator.kafka import open_reader
-from moderator.service import Service
+from moderator.kafka.client import open_reader
+from moderator.service.app import Service
 from moderator.settings import KafkaSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
-from moderator.events import parse_event
+from moderator.commands.submit import submit_images
+from moderator.commands.tail import tail_topic
+from moderator.pipeline.events import parse_event
 from moderator.settings import load_settings
-from moderator.submit import submit_images
-from moderator.tail import tail_topic
 
 
 async def test_submitted_events_parse_in_every_form(

@@ -6,7 +6,7 @@ import sys
 
 def test_service_imports_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys, moderator.service, moderator.cli, moderator.offline; "
+        "import sys, moderator.service.app, moderator.cli, moderator.commands.score; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')); "
         "print(','.join(bad))"
     )

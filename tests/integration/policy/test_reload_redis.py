@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 import redis.asyncio as aioredis
 
-from moderator.cache import RedisEmbeddingCache
+from moderator.cache.redis import RedisEmbeddingCache
 from moderator.policy.compile import compile_policy
 from moderator.policy.load import load_policies
 from moderator.policy.reload import PolicyReloader

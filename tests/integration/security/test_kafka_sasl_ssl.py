@@ -1,4 +1,4 @@
-"""moderator.kafka against a SASL_SSL (SCRAM-SHA-512 over TLS) listener: works with the right
+"""moderator.kafka.client against a SASL_SSL (SCRAM-SHA-512 over TLS) listener: works with the right
 settings, and refuses wrong passwords, untrusted certificates and plaintext."""
 
 from __future__ import annotations

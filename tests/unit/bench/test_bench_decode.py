@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from moderator.bench.cli import app
 from moderator.bench.images import bench_images
-from moderator.decode import PreprocessSpec, decode_image
+from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 
 
 def test_bench_decode_runs_tiny_and_reports_json(tmp_path: Path) -> None:

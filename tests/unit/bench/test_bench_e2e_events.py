@@ -17,7 +17,7 @@ from moderator.bench.e2e import (
     percentile,
 )
 from moderator.bench.images import bench_images
-from moderator.events import parse_event
+from moderator.pipeline.events import parse_event
 
 
 def test_bench_events_are_events_the_service_accepts() -> None:
@@ -70,7 +70,7 @@ def test_slow_events_stages_show_where_the_tail_waits() -> None:
 def test_batch_stages_sum_the_replicas_histograms() -> None:
     from prometheus_client import generate_latest
 
-    from moderator.metrics import Metrics
+    from moderator.service.metrics import Metrics
 
     texts = []
     for decode_seconds in ([0.004] * 99 + [0.8], [0.004] * 100):  # two replicas
@@ -98,7 +98,7 @@ def test_batch_stages_sum_the_replicas_histograms() -> None:
 def test_loop_lag_sums_the_replicas_samples() -> None:
     from prometheus_client import generate_latest
 
-    from moderator.metrics import Metrics
+    from moderator.service.metrics import Metrics
 
     texts = []
     for lags in ([0.0002] * 150, [0.0002] * 49 + [0.3]):  # one replica stalled once

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moderator.decode import PreprocessSpec
 from moderator.demo import shapes
 from moderator.demo.evaluate import accuracy_from_embeddings, zero_shot_accuracy
+from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.types import Embeddings, Pixels
 
 

@@ -1,8 +1,8 @@
 """The Grafana dashboard and the alert rules query only metrics the service really exports.
 
-The registry is the service's own (`moderator.metrics.Metrics`): every labelled metric gets one
-child so that its samples (`_total`, `_bucket`, `_count`, `_sum`, `_created`, `_info`) and label
-names appear in `registry.collect()`, exactly as /metrics would show them.
+The registry is the service's own (`moderator.service.metrics.Metrics`): every labelled metric
+gets one child so that its samples (`_total`, `_bucket`, `_count`, `_sum`, `_created`,
+`_info`) and label names appear in `registry.collect()`, exactly as /metrics would show them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prometheus_client import Info
 from prometheus_client.metrics import MetricWrapperBase
 from promql_refs import REPO, Query, dashboard_queries, load_dashboard, panels, rule_queries
 
-from moderator.metrics import Metrics
+from moderator.service.metrics import Metrics
 
 # Labels Prometheus attaches to every scraped series (static config and Kubernetes discovery),
 # plus the bucket bound of histograms.
@@ -45,11 +45,13 @@ def _dict_keys_passed_to(source: str, call: str) -> set[str]:
 
 def _info_labels() -> dict[str, set[str]]:
     """The label names the service puts on its Info metrics, read from the code that sets them."""
-    service = (REPO / "moderator" / "service.py").read_text(encoding="utf-8")
+    service = "\n".join(
+        p.read_text(encoding="utf-8") for p in sorted((REPO / "moderator" / "service").glob("*.py"))
+    )
     runtime = (REPO / "moderator" / "embed" / "runtime.py").read_text(encoding="utf-8")
     policy = _dict_keys_passed_to(service, "info") - {"fields"}
     model = _dict_keys_passed_to(runtime, "info")
-    assert {"name", "version"} <= policy, "service.py no longer sets moderator_policy_info"
+    assert {"name", "version"} <= policy, "moderator/service no longer sets moderator_policy_info"
     assert {"model_id", "provider"} <= model, "ClipRuntime.info() keys changed"
     return {"moderator_policy_info": policy, "moderator_model_info": model}
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moderator.decode import decode_image
 from moderator.embed import ClipRuntime, load_model
 from moderator.embed import runtime as runtime_module
 from moderator.embed.manifest import read_manifest
@@ -21,6 +20,7 @@ from moderator.embed.paths import DEMO_DIR, resolve_model_path
 from moderator.embed.providers import Provider, cuda_device_count
 from moderator.embed.runtime import _provider_options
 from moderator.errors import DecodeError, ModelError, TextTooLong
+from moderator.pipeline.decode.cpu import decode_image
 from moderator.types import AttentionKernel
 
 SIZE, DIM, CONTEXT = 32, 32, 16  # the tiny export's geometry

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from moderator.decode import PreprocessSpec
 from moderator.errors import DecodeError, TextTooLong
+from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.types import Embeddings, Pixels
 
 

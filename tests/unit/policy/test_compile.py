@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from fakes import CountingEncoder, FakeEncoder, make_png
 
+from moderator.cache.keys import content_key, namespace
+from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.errors import PolicyError
-from moderator.policy.cache import MemoryEmbeddingCache, content_key, namespace
 from moderator.policy.compile import compile_policy
 from moderator.policy.load import load_policies
 from moderator.types import Embeddings

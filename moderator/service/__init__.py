@@ -1,0 +1,1 @@
+"""`moderator serve`: the process that joins the consumer group and answers events."""

@@ -1,0 +1,138 @@
+"""Every record is checked before it is sent: sizes, encodings, NaN."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moderator.errors import PublishFailed, Reason
+from moderator.kafka.publish import Failure, Publisher, record_size, safe_name, verdict_headers
+
+
+class _Producer:
+    """Takes sends like aiokafka's producer and remembers them; `fail` makes sends raise."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def send(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[Any]
+    ) -> asyncio.Future[None]:
+        if key is None and value is None:  # aiokafka's own check
+            raise AssertionError("Need at least one: key or value")
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _publisher(producer: _Producer, **limits: int) -> Publisher:
+    return Publisher(producer, "verdicts", "dlq", limits)  # type: ignore[arg-type]
+
+
+def _verdict(metadata: Any = None) -> dict[str, Any]:
+    return {"id": "e", "decision": "allow", "metadata": metadata, "source": "s"}
+
+
+async def test_a_verdict_over_the_topic_limit_loses_its_echoed_fields() -> None:
+    producer = _Producer()
+    publisher = _publisher(producer, verdicts=4000)
+    truncated = await publisher.verdict("e", _verdict({"blob": "x" * 5000}), [])
+    assert truncated
+    sent = json.loads(producer.sent[0]["value"])
+    assert sent["metadata"] is None
+    assert sent["source"] is None
+    assert sent["truncated"] == ["metadata", "source"]
+    assert not await publisher.verdict("e", _verdict({"small": 1}), [])
+    assert "truncated" not in json.loads(producer.sent[1]["value"])
+
+
+async def test_nan_never_reaches_json() -> None:
+    publisher = _publisher(_Producer())
+    with pytest.raises(ValueError, match="JSON"):
+        await publisher.verdict("e", _verdict({"x": math.nan}), [])
+
+
+async def test_a_dead_letter_over_the_dlq_limit_keeps_only_its_headers() -> None:
+    producer = _Producer()
+    publisher = _publisher(producer, dlq=10_000)
+    failure = Failure(Reason.TOO_LARGE, "too big", "in", 2, 41)
+    await publisher.dead_letter(b"k" * 5000, b"v" * 20_000, [("a", b"1")], failure)
+    sent = producer.sent[0]
+    assert sent["value"] is None
+    assert sent["key"] == b"k" * 1024
+    headers = dict(sent["headers"])
+    assert "a" not in headers
+    assert headers["x-error-reason"] == b"too_large"
+    assert headers["x-error-detail"].startswith(b"original key, value and headers (25000 bytes)")
+    assert headers["x-original-offset"] == b"41"
+
+
+async def test_odd_original_headers_are_sendable() -> None:
+    producer = _Producer()
+    failure = Failure(Reason.INVALID_EVENT, "bad \udcff detail", "in", 0, 1)
+    original = [("\udcff\udcfename", b"v"), ("null-value", None)]
+    await _publisher(producer).dead_letter(None, b"v", original, failure)
+    headers = producer.sent[0]["headers"]
+    assert ("\\xff\\xfename", b"v") in headers
+    assert ("null-value", None) in headers
+    # What aiokafka's own record builder must accept as it is.
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+    assert builder.append(0, 0, None, b"v", headers) is not None
+
+
+async def test_a_broker_refusal_is_publish_failed_never_a_dead_letter_reason() -> None:
+    publisher = _publisher(_Producer(fail=KafkaTimeoutError()))
+    with pytest.raises(PublishFailed, match="verdicts"):
+        await publisher.verdict("e", _verdict(), verdict_headers("v1", "sha"))
+
+
+def test_safe_name_keeps_utf8_names() -> None:
+    assert safe_name("ce_id") == "ce_id"
+    assert safe_name("é") == "é"
+    assert safe_name("\udcff") == "\\xff"
+
+
+_text = st.text(max_size=50)
+_bytes = st.none() | st.binary(max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_bytes, _bytes, st.lists(st.tuples(_text, _bytes), max_size=6))
+def test_record_size_bounds_the_batch_kafka_receives(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> None:
+    sendable = [(safe_name(k), v) for k, v in headers]
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 24)
+    builder.append(0, 1_700_000_000_000, key, value, sendable)
+    assert len(builder.build()) <= record_size(key, value, sendable)
+
+
+async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> None:
+    producer = _Producer()
+    failure = Failure(Reason.INVALID_EVENT, "empty record value", "in", 0, 9)
+    await _publisher(producer).dead_letter(None, None, [], failure)
+    (sent,) = producer.sent
+    assert sent["key"] is None
+    assert sent["value"] == b""  # aiokafka refuses a record with neither
+    assert dict(sent["headers"])["x-original-offset"] == b"9"
+
+
+async def test_a_topic_over_the_producers_request_limit_is_held_to_that_limit() -> None:
+    producer = _Producer()
+    publisher = _publisher(producer, dlq=64 * 1024 * 1024)
+    failure = Failure(Reason.TOO_LARGE, "too big", "in", 0, 3)
+    await publisher.dead_letter(b"k", b"v" * (17 * 1024 * 1024), [], failure)
+    (sent,) = producer.sent
+    assert sent["value"] is None  # 17 MiB would pass the topic and fail aiokafka's own check
