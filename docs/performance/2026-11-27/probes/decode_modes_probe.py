@@ -25,8 +25,8 @@ MODES = ("two", "one", "decode", "resize")
 
 def rate(mode, jpegs, start=None):
     from moderator.bench.decode import _batches, _serve_gpu_problem, _two_stage_rate
-    from moderator.decode import PreprocessSpec
-    from moderator.decode_gpu import GpuJpegDecoder
+    from moderator.pipeline.decode.cpu import PreprocessSpec
+    from moderator.pipeline.decode.gpu import GpuJpegDecoder
 
     if problem := _serve_gpu_problem():  # loads the CUDA libraries ORT needs
         raise RuntimeError(problem)

@@ -16,8 +16,8 @@ import onnxruntime as ort  # noqa: E402
 
 ort.preload_dlls()
 from moderator.bench.images import bench_images  # noqa: E402
-from moderator.decode import PreprocessSpec  # noqa: E402
-from moderator.decode_gpu import GpuJpegDecoder  # noqa: E402
+from moderator.pipeline.decode.cpu import PreprocessSpec  # noqa: E402
+from moderator.pipeline.decode.gpu import GpuJpegDecoder  # noqa: E402
 
 SECONDS = float(os.environ.get("SECONDS_EACH", "3"))
 spec = PreprocessSpec.for_model(224, 224)

@@ -58,8 +58,8 @@ def measure(decoder, batch) -> dict:
 
 def main() -> None:
     from moderator.bench.images import bench_images
-    from moderator.decode import PreprocessSpec
-    from moderator.decode_gpu import GpuJpegDecoder
+    from moderator.pipeline.decode.cpu import PreprocessSpec
+    from moderator.pipeline.decode.gpu import GpuJpegDecoder
 
     jpegs = [b.data for b in bench_images(BATCH, png_fraction=0.0, seed=5)]
     spec = PreprocessSpec(image_size=224, resize_shortest_edge=224)

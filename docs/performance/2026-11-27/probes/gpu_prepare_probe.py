@@ -24,10 +24,10 @@ sys.path.insert(0, os.getcwd())
 
 from moderator.bench.e2e import SURFACE, _Pool  # noqa: E402
 from moderator.bench.images import bench_images  # noqa: E402
-from moderator.decode import PreprocessSpec  # noqa: E402
-from moderator.decode_gpu import gpu_eligible  # noqa: E402
-from moderator.events import parse_event  # noqa: E402
-from moderator.prepare import prepare_record  # noqa: E402
+from moderator.pipeline.decode.cpu import PreprocessSpec  # noqa: E402
+from moderator.pipeline.decode.gpu import gpu_eligible  # noqa: E402
+from moderator.pipeline.events import parse_event  # noqa: E402
+from moderator.pipeline.decode.prepare import prepare_record  # noqa: E402
 
 EVENTS, IN_FLIGHT, MAX_BYTES = 600, 32, 16 << 20
 SPEC = PreprocessSpec.for_model(224, 224)

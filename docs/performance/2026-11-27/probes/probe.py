@@ -117,7 +117,7 @@ def decode_probe(n=256, batch=128):
     import torch, torch.nn.functional as F
     from moderator.bench.images import bench_images
     from moderator.bench.decode import gpu_preprocess, gpu_decoder
-    from moderator.decode import PreprocessSpec
+    from moderator.pipeline.decode.cpu import PreprocessSpec
     spec = PreprocessSpec.for_model(224, 224)
     imgs = [i.data for i in bench_images(n, png_fraction=0.0)]
     rec("mean_jpeg_bytes", int(np.mean([len(b) for b in imgs])))

@@ -5,7 +5,7 @@ where the decoded image already is (next to a GPU JPEG decoder), instead of in t
     python resize_graph.py gpu   # + nvImageCodec decode → this graph on the CUDA provider
 
 The graph takes one decoded image, uint8 HWC of any size, plus the target size and the crop
-window that the host computes with moderator.decode's own geometry. It runs Resize-18 (cubic,
+window that the host computes with moderator.pipeline.decode.cpu's own geometry. It runs Resize-18 (cubic,
 a = -0.5, antialias: the filter ORT copied from Pillow) and then Slice, and writes uint8 NHWC
 (1, S, S, 3) that can be bound straight into a slot of the model's input batch.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, os.getcwd())
 from moderator.bench.images import bench_images  # noqa: E402
-from moderator.decode import _crop_start, _resize_size  # noqa: E402
+from moderator.pipeline.decode.cpu import _crop_start, _resize_size  # noqa: E402
 
 RES = {}
 S = 224

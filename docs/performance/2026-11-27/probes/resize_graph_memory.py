@@ -8,8 +8,8 @@ import resource, sys
 import numpy as np
 import onnxruntime as ort
 from onnx import helper
-import moderator.decode_gpu as g
-from moderator.decode import PreprocessSpec
+import moderator.pipeline.decode.gpu as g
+from moderator.pipeline.decode.cpu import PreprocessSpec
 
 variant, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if variant == "transpose":

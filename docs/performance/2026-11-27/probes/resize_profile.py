@@ -18,8 +18,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from moderator.bench.decode import _serve_gpu_problem  # noqa: E402
 from moderator.bench.images import bench_images  # noqa: E402
-from moderator.decode import PreprocessSpec  # noqa: E402
-from moderator.decode_gpu import GpuJpegDecoder  # noqa: E402
+from moderator.pipeline.decode.cpu import PreprocessSpec  # noqa: E402
+from moderator.pipeline.decode.gpu import GpuJpegDecoder  # noqa: E402
 
 if problem := _serve_gpu_problem():
     raise SystemExit(problem)

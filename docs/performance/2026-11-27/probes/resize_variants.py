@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from moderator.bench.decode import _serve_gpu_problem  # noqa: E402
-from moderator.decode import PreprocessSpec  # noqa: E402
-from moderator.decode_gpu import _resize_node, geometry, reduction  # noqa: E402
+from moderator.pipeline.decode.cpu import PreprocessSpec  # noqa: E402
+from moderator.pipeline.decode.gpu import _resize_node, geometry, reduction  # noqa: E402
 
 N, H, W, RUNS = 64, 768, 1024, 20
 SPEC = PreprocessSpec.for_model(224, 224)

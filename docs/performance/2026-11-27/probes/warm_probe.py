@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.getcwd())
 
 from moderator.bench.decode import _serve_gpu_problem  # noqa: E402
-from moderator.decode import PreprocessSpec  # noqa: E402
-from moderator.decode_gpu import GpuJpegDecoder  # noqa: E402
+from moderator.pipeline.decode.cpu import PreprocessSpec  # noqa: E402
+from moderator.pipeline.decode.gpu import GpuJpegDecoder  # noqa: E402
 
 if problem := _serve_gpu_problem():
     raise SystemExit(problem)
