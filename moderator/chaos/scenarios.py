@@ -38,8 +38,8 @@ from moderator.chaos.fleet import Fleet
 from moderator.chaos.imageserver import ImageServer
 from moderator.chaos.stack import Stack
 from moderator.chaos.workload import VERDICT, Event, Workload, inline_workload, produce
-from moderator.commands.submit import json_event
 from moderator.pipeline.acquire.fetch import FetchPolicy
+from moderator.pipeline.events import json_event
 from moderator.settings import KafkaSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from moderator import kafka
-from moderator.commands.submit import json_event
 from moderator.demo.shapes import combos, render
 from moderator.errors import ConfigError
+from moderator.pipeline.events import json_event
 from moderator.settings import KafkaSettings
 
 VERDICT = "verdict"  # expected outcome of a good event; DLQ outcomes are "dlq:<reason>"

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import mimetypes
 import uuid
 from pathlib import Path
-from typing import Any
 
 from moderator import kafka
 from moderator.errors import ConfigError
-from moderator.kafka.publish import now_iso
+from moderator.pipeline.events import cloudevent_headers, json_event
 from moderator.settings import Settings
-
-
-def json_event(
-    event_id: str, *, data: bytes | None = None, url: str | None = None, **extra: Any
-) -> bytes:
-    """The JSON wire form: exactly one of inline bytes (sent as image_b64) or a URL."""
-    body: dict[str, Any] = {"id": event_id, "submitted_at": now_iso()}
-    if data is not None:
-        body["image_b64"] = base64.b64encode(data).decode("ascii")
-    if url is not None:
-        body["image_url"] = url
-    body.update({k: v for k, v in extra.items() if v is not None})
-    return json.dumps(body).encode()
-
-
-def cloudevent_headers(
-    event_id: str, content_type: str, surface: str | None = None
-) -> list[tuple[str, bytes]]:
-    """Binary-mode CloudEvents headers for raw image bytes."""
-    headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", event_id.encode()),
-        ("ce_type", b"com.moderator.image.submitted"),
-        ("ce_source", b"moderator-submit"),
-        ("ce_time", now_iso().encode()),
-        ("content-type", content_type.encode()),
-    ]
-    if surface:
-        headers.append(("ce_surface", surface.encode()))
-    return headers
-
 
 Record = tuple[str, bytes, list[tuple[str, bytes]]]
 

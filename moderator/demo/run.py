@@ -21,9 +21,10 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer
 
 from moderator import kafka
-from moderator.commands.submit import Record, cloudevent_headers, json_event, publish_records
+from moderator.commands.submit import Record, publish_records
 from moderator.demo.shapes import generate
 from moderator.errors import ConfigError
+from moderator.pipeline.events import cloudevent_headers, json_event
 from moderator.service.app import Service
 from moderator.settings import Settings
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -27,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from moderator import kafka
 from moderator.errors import PublishFailed, Reason
+from moderator.pipeline.events import now_iso
 
 Headers = list[tuple[str, bytes]]
 InHeaders = Sequence[tuple[str, bytes | None]]
@@ -37,10 +37,6 @@ _DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must 
 _BATCH_OVERHEAD = 96
 _HEADER_OVERHEAD = 10
 _ECHOED = ("metadata", "source")  # verdict fields copied from the event, dropped when too large
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _wire(text: str) -> bytes:

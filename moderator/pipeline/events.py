@@ -14,6 +14,7 @@ numbers are finite (`NaN`, `Infinity`, `1e999` are refused). A null header value
 absent; a header key that is not text never matches.
 
 Anything else raises `EventError` (DLQ reason `invalid_event`) with a message naming the field.
+`json_event` and `cloudevent_headers` write the two forms, for producers and test tools.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -302,3 +303,38 @@ def _parse_cloudevent(value: bytes | None, headers: Headers, *, max_bytes: int) 
         submitted_at=submitted,
         form="cloudevent",
     )
+
+
+def now_iso() -> str:
+    """Now, as the wire's timestamps are written: UTC, milliseconds, `Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_event(
+    event_id: str, *, data: bytes | None = None, url: str | None = None, **extra: Any
+) -> bytes:
+    """The JSON wire form: exactly one of inline bytes (sent as image_b64) or a URL."""
+    body: dict[str, Any] = {"id": event_id, "submitted_at": now_iso()}
+    if data is not None:
+        body["image_b64"] = base64.b64encode(data).decode("ascii")
+    if url is not None:
+        body["image_url"] = url
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return json.dumps(body).encode()
+
+
+def cloudevent_headers(
+    event_id: str, content_type: str, surface: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Binary-mode CloudEvents headers for raw image bytes."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id.encode()),
+        ("ce_type", b"com.moderator.image.submitted"),
+        ("ce_source", b"moderator-submit"),
+        ("ce_time", now_iso().encode()),
+        ("content-type", content_type.encode()),
+    ]
+    if surface:
+        headers.append(("ce_surface", surface.encode()))
+    return headers

@@ -12,8 +12,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moderator.kafka.publish import now_iso
-from moderator.pipeline.events import ImageEvent
+from moderator.pipeline.events import ImageEvent, now_iso
 from moderator.policy.score import Outcome
 
 

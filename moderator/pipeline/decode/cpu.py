@@ -20,8 +20,8 @@ ratios and differs from resize-then-crop by a level or two. Where we choose:
   the same pixels (PNG is lossless) in ~60 % of the time.
 
 Every failure is a typed `DecodeError` (or `TooLarge`) whose message says what was wrong.
-The parity test (tests/unit/pipeline/decode/test_decode_cpu.py) holds these choices to cosine >= 0.999 against the
-processor's tensors, >= 0.9999 where no JPEG draft is involved.
+The parity test (tests/unit/pipeline/decode/test_decode_cpu.py) holds these choices to cosine
+>= 0.999 against the processor's tensors, >= 0.9999 where no JPEG draft is involved.
 """
 
 from __future__ import annotations
