@@ -1,10 +1,10 @@
 """The vision graph's runs as CUDA graphs: one per batch bucket, replayed instead of launched.
 
 Why: ONNX Runtime launches a few hundred kernels per ViT-B/32 call, and at the small batches
-`serve` mostly sees the launches are most of the call. Measured on an H200
-(docs/performance/2026-11-27/probes/h200-7-cuda-graph-probe.json, one session, a graph per
-batch size): 1.17–1.28 ms → 0.61 ms per call at batch 4, 1.46–1.50 → 1.17 ms at 32, 7.09 →
-6.99 ms at 256 (+1.4 %), with the same embeddings.
+`serve` mostly sees the launches are most of the call. On an H200, one session with a graph
+per batch size took a call from 1.17–1.28 ms to 0.61 ms at batch 4, 1.46–1.50 → 1.17 ms at 32
+and 7.09 → 6.99 ms at 256 (+1.4 %), with the same embeddings; on an H100 `bench model` gives
+1.9–2.6× the images/s at batch 1 and the same at 256 (docs/performance.md).
 
 How, and the constraints that shape it:
 - A graph replays the memory addresses it was captured with, so each bucket (1, 2, 4, …) has

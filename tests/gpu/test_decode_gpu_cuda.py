@@ -75,7 +75,7 @@ def test_photos_match_pillows_resize_then_crop(decoder: GpuJpegDecoder) -> None:
         assert diff.mean() < 1.5, row  # the GPU's IDCT and chroma upsampling differ slightly
         cpu = np.abs(got[row] - decode_image(data, SPEC).astype(np.int16))
         # The CPU path decodes a DCT-scaled draft; the reduction keeps the GPU near it
-        # (0.29 levels on average in the fifth lease's bench).
+        # (0.29 levels on average in `bench decode`'s parity note on an H200).
         assert cpu.mean() < 1.5, row
 
 

@@ -25,7 +25,7 @@ def pair() -> tuple[ClipRuntime, ClipRuntime]:
 
 
 # A graph runs its bucket's batch size, the plain run the batch's own, and CUDA picks GEMM
-# kernels by size: the same rows differ by up to ~8e-5 (H100, eighth lease). A row from the
+# kernels by size: the same rows differ by up to ~8e-5 (measured on an H100). A row from the
 # wrong image, or a stale one, differs by ~1e-1.
 ATOL = 3e-4
 
