@@ -13,7 +13,7 @@ from typing import Any
 
 from moderator.errors import Reason
 from moderator.pipeline.events import JsonEvent
-from moderator.service.verdict import VerdictRecord
+from moderator.service.verdict import Verdict
 
 
 def dlq_headers_schema() -> dict[str, Any]:
@@ -50,7 +50,8 @@ def schemas() -> dict[str, dict[str, Any]]:
     event["oneOf"] = [{"required": ["image_url"]}, {"required": ["image_b64"]}]
     return {
         "event.schema.json": event,
-        "verdict.schema.json": VerdictRecord.model_json_schema(),
+        # What `Verdict.wire()` writes: aliases and rounding are serialization-side.
+        "verdict.schema.json": Verdict.model_json_schema(mode="serialization"),
         "dlq-headers.schema.json": dlq_headers_schema(),
     }
 

@@ -43,15 +43,8 @@ async def score_files(
         embedded = time.monotonic()
         outcome = compiled.score(embedding, [None], top_k=top_k)[0]
         timings = {"embed": embedded - started, "score": time.monotonic() - embedded}
-        results.append(
-            build_verdict(
-                event,
-                outcome,
-                compiled,
-                runtime,
-                image_sha=image_sha,
-                timings=timings,
-                cached=False,
-            )
+        verdict = build_verdict(
+            event, outcome, compiled, runtime, image_sha=image_sha, timings=timings, cached=False
         )
+        results.append(verdict.wire())
     return results

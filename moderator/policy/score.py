@@ -26,10 +26,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from moderator.policy.load import ConceptSpec
 from moderator.policy.schema import Action, Mode, Scoring, Severity
@@ -73,35 +74,38 @@ _STATUS = {
 }
 
 
-@dataclass(frozen=True)
-class ConceptScore:
-    """One concept's result for one image; score/threshold are the example's for EXAMPLE."""
+def _round4(value: float) -> float:
+    return round(value, 4)
 
-    concept_id: str
+
+Figure = Annotated[float, PlainSerializer(_round4, return_type=float, when_used="json")]
+"""A score, threshold or margin: full precision in Python, four decimals in JSON (more would be
+noise from float32 arithmetic, and longer verdicts)."""
+
+
+class ConceptScore(BaseModel):
+    """One concept's result for one image, as scoring returns it and a verdict carries it in
+    `matches`, `near`, `shadow` and `top`; score and threshold are the reference image's for
+    an `example` match."""
+
+    # The verdict's entries are these objects dumped, so the published JSON and the scoring
+    # cannot disagree: `concept_id` goes out as `id`, figures rounded (see `Figure`).
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    concept_id: str = Field(serialization_alias="id")
     category: str
     severity: Severity
     action: Action
     mode: Mode
     status: Status
-    score: float
-    threshold: float
-    margin: float
-    counter_score: float | None
+    score: Figure
+    threshold: Figure
+    margin: Figure
+    counter_score: Figure | None
     """Best counter-prompt cosine (None when the concept has none)."""
 
-    def as_dict(self, ndigits: int = 4) -> dict[str, Any]:
-        return {
-            "id": self.concept_id,
-            "category": self.category,
-            "severity": self.severity.value,
-            "action": self.action.value,
-            "mode": self.mode.value,
-            "status": self.status.value,
-            "score": round(self.score, ndigits),
-            "threshold": round(self.threshold, ndigits),
-            "margin": round(self.margin, ndigits),
-            "counter_score": None if self.counter_score is None else round(self.counter_score, 4),
-        }
+    def wire(self) -> dict[str, Any]:
+        """The JSON object a verdict carries for this concept."""
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -130,16 +134,6 @@ class Outcome:
         reviews = [m for m in self.matches if m.action is Action.REVIEW]
         group = flags or reviews or list(self.near)
         return group[0] if group else None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision.value,
-            "policy_version": self.policy_version,
-            "matches": [m.as_dict() for m in self.matches],
-            "near": [m.as_dict() for m in self.near],
-            "shadow": [m.as_dict() for m in self.shadow],
-            "top": [m.as_dict() for m in self.top],
-        }
 
 
 def _strength(s: ConceptScore) -> tuple[int, int, float]:

@@ -1,19 +1,24 @@
 """The verdict record: one JSON object per event, the same from `serve` and `moderator score`.
 
-Fields (a public contract, JSON Schema in deploy/schemas/verdict.schema.json): id, decision,
-matches, shadow, top, policy {name, version}, model {id, sha256}, image {sha256}, surface,
-source, metadata, submitted_at, processed_at, cached, timings_ms, and `truncated` when the
-echoed fields had to be dropped to fit the topic.
+`Verdict` is the one definition of the record: `build_verdict` makes it, `Verdict.wire()` is
+the JSON that goes on the verdict topic, and deploy/schemas/verdict.schema.json is generated
+from it (`python -m moderator.commands.schemas deploy/schemas`). Its concept entries are
+`ConceptScore`s, the scoring's own results. Fields: id, decision, matches, near, shadow, top,
+policy {name, version}, model {id, sha256}, image {sha256}, surface, source, metadata,
+submitted_at, processed_at, cached, timings_ms, and `truncated` only when the echoed fields
+had to be dropped to fit the topic.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from moderator.pipeline.events import ImageEvent, now_iso
-from moderator.policy.score import Outcome
+from moderator.policy.score import ConceptScore, Outcome
+from moderator.types import Decision
 
 
 class _Policy(Protocol):
@@ -32,6 +37,81 @@ class _Model(Protocol):
     def sha256(self) -> str: ...
 
 
+class Echoed(StrEnum):
+    """Verdict fields copied from the event: the ones dropped when a verdict is too large."""
+
+    METADATA = "metadata"
+    SOURCE = "source"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyRef(_Part):
+    """The policy that decided."""
+
+    name: str
+    version: str
+
+
+class ModelRef(_Part):
+    """The model that embedded the image."""
+
+    id: str
+    sha256: str
+
+
+class ImageRef(_Part):
+    """The image's bytes, by hash (the image itself is never echoed)."""
+
+    sha256: str
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class Verdict(_Part):
+    """The verdict topic's value; its JSON Schema is committed in deploy/schemas/."""
+
+    model_config = ConfigDict(title="moderator verdict")
+    id: str
+    decision: Decision
+    matches: tuple[ConceptScore, ...]
+    near: tuple[ConceptScore, ...]
+    shadow: tuple[ConceptScore, ...]
+    top: tuple[ConceptScore, ...]
+    policy: PolicyRef
+    model: ModelRef
+    image: ImageRef
+    surface: str | None
+    source: str | None
+    metadata: dict[str, Any] | None
+    submitted_at: str | None
+    processed_at: str
+    cached: bool
+    timings_ms: dict[str, float]
+    # Absent from the JSON unless set: consumers test for the key, not for null.
+    truncated: tuple[Echoed, ...] | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Echoed fields set to null because the verdict was over the verdict "
+        "topic's max.message.bytes with them; absent otherwise.",
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object published for this verdict (NaN and Inf stay floats: the encoder
+        refuses them rather than writing invalid JSON)."""
+        return self.model_dump(mode="json")
+
+    def without_echoed(self) -> Verdict:
+        """A copy with the echoed fields set to null and named in `truncated`: what is sent
+        when the full verdict is over the topic's limit."""
+        dropped = tuple(f for f in Echoed if getattr(self, f.value) is not None)
+        return self.model_copy(update={f.value: None for f in dropped} | {"truncated": dropped})
+
+
 def build_verdict(
     event: ImageEvent,
     outcome: Outcome,
@@ -41,84 +121,23 @@ def build_verdict(
     image_sha: str,
     timings: dict[str, float],
     cached: bool,
-) -> dict[str, Any]:
+) -> Verdict:
     """Assemble the verdict; `timings` are seconds per stage, reported in milliseconds."""
-    body = outcome.as_dict()
-    return {
-        "id": event.id,
-        "decision": body["decision"],
-        "matches": body["matches"],
-        "near": body["near"],
-        "shadow": body["shadow"],
-        "top": body["top"],
-        "policy": {"name": policy.name, "version": policy.version},
-        "model": {"id": model.model_id, "sha256": model.sha256},
-        "image": {"sha256": image_sha},
-        "surface": event.surface,
-        "source": event.source,
-        "metadata": event.metadata,
-        "submitted_at": event.submitted_at.isoformat() if event.submitted_at else None,
-        "processed_at": now_iso(),
-        "cached": cached,
-        "timings_ms": {k: round(v * 1000, 3) for k, v in timings.items()},
-    }
-
-
-class ConceptResult(BaseModel):
-    """One concept's figures in a verdict."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str
-    category: str
-    severity: Literal["low", "medium", "high", "critical"]
-    action: Literal["flag", "review", "log"]
-    mode: Literal["enforce", "shadow"]
-    status: str
-    score: float
-    threshold: float
-    margin: float
-    counter_score: float | None
-
-
-class _Named(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    version: str
-
-
-class _ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str
-    sha256: str
-
-
-class _ImageRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    sha256: str
-
-
-class VerdictRecord(BaseModel):
-    """The verdict topic's value; its JSON Schema is committed in deploy/schemas/."""
-
-    model_config = ConfigDict(extra="forbid", title="moderator verdict")
-    id: str
-    decision: Literal["flag", "review", "allow"]
-    matches: list[ConceptResult]
-    near: list[ConceptResult]
-    shadow: list[ConceptResult]
-    top: list[ConceptResult]
-    policy: _Named
-    model: _ModelRef
-    image: _ImageRef
-    surface: str | None
-    source: str | None
-    metadata: dict[str, Any] | None
-    submitted_at: str | None
-    processed_at: str
-    cached: bool
-    timings_ms: dict[str, float]
-    truncated: list[Literal["metadata", "source"]] | None = Field(
-        None,
-        description="Echoed fields set to null because the verdict was over the verdict "
-        "topic's max.message.bytes with them; absent otherwise.",
+    return Verdict(
+        id=event.id,
+        decision=outcome.decision,
+        matches=outcome.matches,
+        near=outcome.near,
+        shadow=outcome.shadow,
+        top=outcome.top,
+        policy=PolicyRef(name=policy.name, version=policy.version),
+        model=ModelRef(id=model.model_id, sha256=model.sha256),
+        image=ImageRef(sha256=image_sha),
+        surface=event.surface,
+        source=event.source,
+        metadata=event.metadata,
+        submitted_at=event.submitted_at.isoformat() if event.submitted_at else None,
+        processed_at=now_iso(),
+        cached=cached,
+        timings_ms={k: round(v * 1000, 3) for k, v in timings.items()},
     )
