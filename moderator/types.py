@@ -44,7 +44,10 @@ class Decision(StrEnum):
 
     @property
     def rank(self) -> int:
-        return {"flag": 2, "review": 1, "allow": 0}[self.value]
+        return _DECISION_RANK[self]
+
+
+_DECISION_RANK = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.FLAG: 2}
 
 
 class Encoder(Protocol):

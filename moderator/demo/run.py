@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from moderator import kafka
 from moderator.commands.submit import Record, publish_records
 from moderator.demo.shapes import generate
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, Reason
 from moderator.pipeline.events import cloudevent_headers, json_event
 from moderator.service.app import Service
 from moderator.settings import Settings
@@ -36,7 +36,7 @@ class _Planned:
     id: str
     what: str
     record: Record
-    expect_dlq: str | None = None
+    expect_dlq: Reason | None = None
 
 
 @dataclass
@@ -119,41 +119,41 @@ def plan_events(
     record = (event_id, _png(sample.image), cloudevent_headers(event_id, "image/png", "profile"))
     planned.append(_Planned(event_id, f"{sample.label} (CloudEvent)", record))
 
-    def broken(name: str, value: bytes, reason: str, what: str) -> None:
+    def broken(name: str, value: bytes, reason: Reason, what: str) -> None:
         planned.append(
             _Planned(f"demo-{run}-{name}", what, (f"demo-{run}-{name}", value, []), reason)
         )
 
-    broken("not-json", b"{this is not json", "invalid_event", "value is not JSON")
+    broken("not-json", b"{this is not json", Reason.INVALID_EVENT, "value is not JSON")
     broken(
         "bad-b64",
         json.dumps({"id": f"demo-{run}-bad-b64", "image_b64": "@@@"}).encode(),
-        "invalid_event",
+        Reason.INVALID_EVENT,
         "image_b64 is not base64",
     )
     truncated = _png(samples[0].image)[:200]
     broken(
         "truncated",
         json_event(f"demo-{run}-truncated", data=truncated),
-        "decode_error",
+        Reason.DECODE_ERROR,
         "truncated PNG",
     )
     broken(
         "svg",
         json_event(f"demo-{run}-svg", data=b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
-        "unsupported_format",
+        Reason.UNSUPPORTED_FORMAT,
         "SVG posing as an image",
     )
     broken(
         "missing",
         json_event(f"demo-{run}-missing", url=base_url + "/no-such-image.png"),
-        "fetch_failed",
+        Reason.FETCH_FAILED,
         "URL answers 404",
     )
     broken(
         "file-url",
         json_event(f"demo-{run}-file-url", url="file:///etc/passwd"),
-        "fetch_blocked",
+        Reason.FETCH_BLOCKED,
         "file:// URL",
     )
     return planned, served
