@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer
-
 from moderator import kafka
 from moderator.commands.submit import Record, publish_records
 from moderator.demo.shapes import generate
@@ -160,17 +158,17 @@ def plan_events(
 
 
 async def _collect(
-    consumer: AIOKafkaConsumer, settings: Settings, ids: set[str], answers: _Answers
+    reader: kafka.Reader, settings: Settings, ids: set[str], answers: _Answers
 ) -> None:
     while not ids <= set(answers.verdicts) | set(answers.dead):
-        batches = await consumer.getmany(timeout_ms=200)
-        for tp, records in batches.items():
-            for record in records:
-                key = record.key.decode("utf-8", "replace") if record.key else ""
-                if tp.topic == settings.kafka.verdict_topic and key in ids:
-                    answers.verdicts[key] = json.loads(record.value or b"{}")
-                elif tp.topic == settings.kafka.dlq_topic and key in ids:
-                    answers.dead[key] = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+        for record in await reader.poll(0.2):
+            key = record.key.decode("utf-8", "replace") if record.key else ""
+            if record.topic == settings.kafka.verdict_topic and key in ids:
+                answers.verdicts[key] = json.loads(record.value or b"{}")
+            elif record.topic == settings.kafka.dlq_topic and key in ids:
+                answers.dead[key] = {
+                    k: (v or b"").decode("utf-8", "replace") for k, v in record.headers
+                }
 
 
 def _print_tables(planned: list[_Planned], answers: _Answers, out: TextIO) -> int:
@@ -252,7 +250,7 @@ async def run_demo(
         finally:
             service.stop()
             code = await service_task
-            await watcher.stop()
+            await watcher.close()
     problems = _print_tables(planned, answers, out)
     elapsed = time.monotonic() - started
     out.write(
