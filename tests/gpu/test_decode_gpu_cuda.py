@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 from moderator.bench.images import bench_images
 from moderator.embed.providers import cuda_device_count
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
-from moderator.pipeline.decode.gpu import DeviceBatch, GpuJpegDecoder, geometry, reduction
+from moderator.pipeline.decode.gpu import DeviceBatch, GpuJpegDecoder
+from moderator.pipeline.decode.resize import geometry, reduction
 
 
 def _gpu_ready() -> bool:

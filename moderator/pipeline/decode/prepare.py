@@ -28,7 +28,7 @@ from PIL import Image
 
 from moderator.errors import ModeratorError
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
-from moderator.pipeline.decode.gpu import gpu_eligible
+from moderator.pipeline.decode.resize import gpu_eligible
 from moderator.pipeline.events import ImageEvent, parse_event
 from moderator.types import Pixels
 

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -150,3 +152,13 @@ def test_a_pool_whose_warm_up_fails_is_shut_down_with_the_reason() -> None:
     failed = r"decode processes failed to start: ConfigError\('image_size must be at least 1"
     with pytest.raises(ModeratorError, match=failed):
         start_pool(2, broken)  # type: ignore[arg-type]
+
+
+def test_a_decode_process_loads_neither_the_gpu_decoder_nor_cuda() -> None:
+    """The workers ask `gpu_eligible` of every inline JPEG; importing it must not pull in the
+    GPU decoder, its CUDA bindings or ONNX Runtime."""
+    heavy = ["moderator.pipeline.decode.gpu", "moderator.cudart", "onnxruntime"]
+    script = (
+        f"import sys, {prepare_module.__name__}; print([m for m in {heavy} if m in sys.modules])"
+    )
+    assert subprocess.check_output([sys.executable, "-c", script], text=True).strip() == "[]"
