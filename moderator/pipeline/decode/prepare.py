@@ -15,7 +15,6 @@ Runs in worker processes: module-level, arguments and results picklable, errors 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import multiprocessing
 import os
@@ -26,6 +25,7 @@ from typing import Any, Final
 
 from PIL import Image
 
+from moderator.cache.keys import content_key
 from moderator.errors import ModeratorError
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.pipeline.decode.resize import gpu_eligible
@@ -65,7 +65,7 @@ def prepare_record(
     data = event.image_bytes
     if data is None:
         return Prepared(event, None, None)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = content_key(data)
     event = replace(event, image_bytes=None)
     if keep_jpeg and gpu_eligible(data, spec):
         return Prepared(event, digest, None, data)
@@ -77,9 +77,9 @@ def start_pool(workers: int, spec: PreprocessSpec) -> ProcessPoolExecutor:
     PNG decode; blocks (~1 s for 64). Raises `ModeratorError` if one fails.
 
     Why: the pool starts processes only on demand, so a fresh replica used to start them, and
-    run their first decodes, while its first events waited (docs/performance.md, eighth
-    lease). One warm-up task per process, each held at a barrier until all have one: no
-    process is idle before the last has started, so none takes two.
+    run their first decodes, while its first events waited. One warm-up task per process, each
+    held at a barrier until all have one: no process is idle before the last has started, so
+    none takes two.
     """
     # forkserver: forking a process that already runs ORT and aiokafka threads is unsafe.
     # The server imports the decode path once; each process forks with it loaded.
