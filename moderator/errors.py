@@ -16,7 +16,9 @@
     └── PolicyError                 a policy file that does not validate
 
     ServiceFault (not a ModeratorError: never dead-lettered)
-    ├── PublishFailed               the broker refused a send
+    ├── KafkaFailed                 a Kafka request failed (poll, commit, admin)
+    │   ├── CommitFailed            an offset commit was refused (rebalance, broker away)
+    │   └── PublishFailed           the broker refused a send
     └── InferenceFailed             the model runtime failed on a batch
 
 Pipeline errors carry a stable `reason` (a `Reason`), which is what lands in the DLQ
@@ -48,8 +50,16 @@ class ServiceFault(Exception):
     is left unanswered and uncommitted, to be answered again (after a restart if need be)."""
 
 
-class PublishFailed(ServiceFault):
-    """The broker did not take a verdict or dead letter."""
+class KafkaFailed(ServiceFault):
+    """A Kafka request failed; `moderator.kafka` raises it in place of aiokafka's errors."""
+
+
+class CommitFailed(KafkaFailed):
+    """An offset commit was refused: the offsets stay uncommitted and the work is redone."""
+
+
+class PublishFailed(KafkaFailed):
+    """The broker did not take a record (a verdict, a dead letter, an event)."""
 
 
 class InferenceFailed(ServiceFault):

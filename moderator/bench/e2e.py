@@ -56,7 +56,7 @@ from moderator.bench.model import B32, resolve_bench_model
 from moderator.bench.report import Column, Report
 from moderator.embed.paths import DEMO_NAME
 from moderator.errors import ConfigError
-from moderator.kafka.client import close_reader, open_reader, wait_until_ready
+from moderator.kafka import close_reader, open_reader, wait_until_ready
 from moderator.settings import KafkaSettings
 
 __all__ = ["E2EOptions", "default_events", "percentile", "run_e2e_bench"]

@@ -211,7 +211,7 @@ class NaivePeer:
             verdict = {
                 "id": event["id"],
                 "decision": outcome.decision.value,
-                "matches": [m.as_dict() for m in outcome.matches],
+                "matches": [m.wire() for m in outcome.matches],
                 "processed_at": datetime.now(UTC).isoformat(),
             }
             sends.append(

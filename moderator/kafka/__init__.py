@@ -1,28 +1,42 @@
 """The Kafka adapter: the only package that imports aiokafka.
 
-- `client`: consumers, producers and admin requests, built with one set of security settings;
-  aiokafka's errors are translated here.
+- `client`: how every client connects (servers, TLS, SASL); `admin`: topics, readiness, limits.
+- `consumer`: the group member `serve` consumes with, and group-less readers for tools;
+  `producer`: acks=all sends. Both raise `KafkaFailed`/`PublishFailed` for aiokafka's errors.
 - `records`: reads fetched record batches that aiokafka's own reader refuses.
-- `offsets`: which offsets are finished and may be committed.
+- `offsets` and `commit`: which offsets are finished, and when they are committed.
 - `publish`: verdicts, dead letters and embeddings, sized and acknowledged.
+- `fake`: an in-memory broker and clients, for tests of the route and the commit loop.
 """
 
-from moderator.kafka.client import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    MAX_REQUEST_SIZE,
-    close_reader,
+from moderator.kafka.admin import (
     ensure_topics,
-    make_consumer,
-    make_producer,
     max_message_bytes,
-    open_reader,
     topic_partitions,
     wait_until_ready,
 )
+from moderator.kafka.client import DEFAULT_MAX_MESSAGE_BYTES, MAX_REQUEST_SIZE, client_options
+from moderator.kafka.consumer import (
+    GroupConsumer,
+    Reader,
+    close_reader,
+    make_consumer,
+    open_reader,
+)
+from moderator.kafka.producer import Producer, make_producer
+from moderator.kafka.types import TP, GroupClient, ProducerClient, Record
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_REQUEST_SIZE",
+    "TP",
+    "GroupClient",
+    "GroupConsumer",
+    "Producer",
+    "ProducerClient",
+    "Reader",
+    "Record",
+    "client_options",
     "close_reader",
     "ensure_topics",
     "make_consumer",

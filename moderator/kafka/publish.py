@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
-from moderator import kafka
-from moderator.errors import PublishFailed, Reason
+from moderator.errors import Reason
+from moderator.kafka.client import DEFAULT_MAX_MESSAGE_BYTES, MAX_REQUEST_SIZE
+from moderator.kafka.types import ProducerClient
 from moderator.pipeline.events import now_iso
 
 Headers = list[tuple[str, bytes]]
@@ -36,7 +34,6 @@ _DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must 
 # (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
 _BATCH_OVERHEAD = 96
 _HEADER_OVERHEAD = 10
-_ECHOED = ("metadata", "source")  # verdict fields copied from the event, dropped when too large
 
 
 def _wire(text: str) -> bytes:
@@ -140,6 +137,15 @@ class Failure:
         )
 
 
+class VerdictLike(Protocol):
+    """A verdict as publishing sees it (`moderator.service.verdict.Verdict` is one)."""
+
+    def wire(self) -> dict[str, Any]: ...
+    def without_echoed(self) -> VerdictLike:
+        """A copy without the fields echoed from the event, naming them in `truncated`."""
+        ...
+
+
 def record_size(key: bytes | None, value: bytes | None, headers: InHeaders) -> int:
     """A record's size on the wire as a batch of one, uncompressed, rounded up."""
     fields = sum(len(text_bytes(k)) + len(v or b"") + _HEADER_OVERHEAD for k, v in headers)
@@ -158,7 +164,7 @@ class Publisher:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: ProducerClient,
         verdict_topic: str,
         dlq_topic: str,
         limits: dict[str, int] | None = None,
@@ -171,19 +177,17 @@ class Publisher:
     def limit(self, topic: str) -> int:
         """The largest record `topic` takes from us: its max.message.bytes, and never more
         than the producer's own max_request_size."""
-        topic_limit = self._limits.get(topic, kafka.DEFAULT_MAX_MESSAGE_BYTES)
-        return min(topic_limit, kafka.MAX_REQUEST_SIZE)
+        topic_limit = self._limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
+        return min(topic_limit, MAX_REQUEST_SIZE)
 
-    async def verdict(self, key: str, verdict: dict[str, Any], headers: Headers) -> bool:
+    async def verdict(self, key: str, verdict: VerdictLike, headers: Headers) -> bool:
         """Send a verdict; returns True if its echoed fields had to be dropped to fit."""
         raw_key = text_bytes(key)
-        value = encode_json(verdict)
+        value = encode_json(verdict.wire())
         limit = self.limit(self._verdict_topic)
         truncated = record_size(raw_key, value, headers) > limit
         if truncated:
-            dropped = [f for f in _ECHOED if verdict.get(f) is not None]
-            verdict = verdict | dict.fromkeys(dropped) | {"truncated": dropped}
-            value = encode_json(verdict)
+            value = encode_json(verdict.without_echoed().wire())
             if record_size(raw_key, value, headers) > limit:
                 raise ValueError(
                     f"verdict is {len(value)} bytes without its echoed fields; the topic "
@@ -225,9 +229,4 @@ class Publisher:
     async def _send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: InHeaders
     ) -> None:
-        if key is None and value is None:
-            value = b""  # a dead letter of a null/null record: aiokafka sends one or the other
-        try:
-            await (await self._producer.send(topic, value, key=key, headers=list(headers)))
-        except KafkaError as exc:
-            raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc
+        await (await self._producer.send(topic, value, key=key, headers=headers))

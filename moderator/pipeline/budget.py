@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-__all__ = ["MemoryBudget"]
+__all__ = ["Hold", "MemoryBudget"]
 
 
 class MemoryBudget:
@@ -72,6 +72,26 @@ class MemoryBudget:
         finally:
             self._reserved -= size
             self.release(size)
+
+
+class Hold:
+    """The bytes one event holds (its record, then what its download brought), charged as they
+    arrive and released together when the event is answered."""
+
+    __slots__ = ("_budget", "size")
+
+    def __init__(self, budget: MemoryBudget, size: int) -> None:
+        budget.charge(size)
+        self._budget = budget
+        self.size = size
+
+    def add(self, size: int) -> None:
+        self._budget.charge(size)
+        self.size += size
+
+    def release(self) -> None:
+        self._budget.release(self.size)
+        self.size = 0
 
 
 async def _notify(condition: asyncio.Condition) -> None:

@@ -37,7 +37,7 @@ __all__ = ["Prepared", "prepare_record", "start_pool", "warm_up_worker"]
 _WARM: Final = frozenset({"JPEG", "PNG"})
 _START_TIMEOUT_S: Final = 120.0  # every process started and warmed within this
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""Whole records, any bytes and any headers, through the service's real parse → handle path.
+"""Whole records, any bytes and any headers, through the real route (`moderator.service.route`).
 
-The service is assembled from its real parts (demo model on the CPU, the demo policy, a decode
-process, the batcher, the publisher) with only the Kafka producer replaced by one that keeps
-what it is sent. Every record must end as exactly one verdict or one dead letter whose reason
-is an anticipated one: nothing escapes `_handle`, and nothing becomes `internal_error`.
+The route is assembled from its real parts (demo model on the CPU, the demo policy, a decode
+process, the batcher, the publisher) on the in-memory Kafka (`moderator.kafka.fake`). Every
+record must end as exactly one verdict or one dead letter whose reason is an anticipated one:
+nothing escapes `Route.handle`, nothing becomes `internal_error`, and every verdict matches
+the published JSON Schema.
 """
 
 from __future__ import annotations
@@ -16,94 +17,125 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
-from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.embed import load_model
 from moderator.errors import InferenceFailed, Reason
+from moderator.kafka.fake import FakeBroker, FakeProducer, FakeRecord
 from moderator.kafka.publish import Publisher
 from moderator.pipeline.acquire.fetch import Fetched, Fetcher, FetchPolicy
 from moderator.pipeline.batch import Batcher
+from moderator.pipeline.budget import Hold, MemoryBudget
 from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.pool import DecodePool
 from moderator.policy.reload import PolicyReloader
-from moderator.service.app import Service
-from moderator.settings import load_settings
+from moderator.service.embedder import Embedder
+from moderator.service.metrics import Metrics
+from moderator.service.route import Route
+from moderator.service.sensor import Sensor
 
-POLICY = Path(__file__).resolve().parents[3] / "policies" / "demo.yaml"
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes | None, list[Any]]] = []
-
-    async def send(
-        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[Any]
-    ) -> asyncio.Future[None]:
-        if key is None and value is None:  # aiokafka's own check
-            raise AssertionError("Need at least one: key or value")
-        self.sent.append((topic, key, value, headers))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+REPO = Path(__file__).resolve().parents[3]
+POLICY = REPO / "policies" / "demo.yaml"
+VERDICT_SCHEMA = json.loads((REPO / "deploy" / "schemas" / "verdict.schema.json").read_text())
+Sent = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
 
-class _Route:
-    """A service wired for `_handle` alone, on its own event loop."""
+def _record(
+    offset: int,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    headers: tuple[tuple[str, bytes | None], ...] = (),
+    timestamp: int = 0,
+) -> FakeRecord:
+    return FakeRecord("in", 0, offset, key, value, headers, timestamp)
 
-    def __init__(self) -> None:
+
+class _Wired:
+    """A route on its own event loop, publishing to a fake broker."""
+
+    def __init__(self, *, cached: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
-        self.producer = _Producer()
-        self.service = Service(
-            load_settings(
-                environ={
-                    "MODERATOR_REDIS__ENABLED": "false",
-                    "MODERATOR_PIPELINE__MAX_IMAGE_BYTES": "200000",
-                }
-            )
-        )
+        self.broker = FakeBroker()
+        self.metrics = Metrics()
+        self.budget = MemoryBudget(64 * 1024 * 1024)
+        self.cache = MemoryEmbeddingCache() if cached else None
         self.loop.run_until_complete(self._start())
 
     async def _start(self) -> None:
-        s = self.service
         runtime = load_model("demo", providers=["cpu"])
-        s._runtimes = [runtime]
-        s._spec = PreprocessSpec(
+        self.runtime = runtime
+        spec = PreprocessSpec(
             runtime.image_size, runtime.manifest.resize_shortest_edge, max_bytes=200_000
         )
-        s._reloader = PolicyReloader(POLICY, runtime, cache=None, interval_s=3600)
-        await s._reloader.start()
-        s._decode_pool = DecodePool(1, s._spec)
-        await s._decode_pool.start()
-        s._batcher = Batcher([runtime.encode_pixels], max_batch=8, max_wait_s=0.001)
-        s._batcher.start()
-        s._fetcher = Fetcher(FetchPolicy(timeout_s=0.5, retries=0, max_bytes=200_000))
-        s._publisher = Publisher(self.producer, "verdicts", "dlq", {"verdicts": 20_000})  # type: ignore[arg-type]
+        sensor = Sensor(self.metrics)
+        self.reloader = PolicyReloader(POLICY, runtime, cache=None, interval_s=3600)
+        await self.reloader.start()
+        self.pool = DecodePool(1, spec)
+        await self.pool.start()
+        self.batcher = Batcher([runtime.encode_pixels], max_batch=8, max_wait_s=0.001)
+        self.batcher.start()
+        self.fetcher = Fetcher(FetchPolicy(timeout_s=0.5, retries=0, max_bytes=200_000))
+        producer = FakeProducer(self.broker)
+        self.embedder = Embedder(
+            spec=spec,
+            model_sha256=runtime.sha256,
+            decode_pool=self.pool,
+            fetcher=self.fetcher,
+            batcher=self.batcher,
+            budget=self.budget,
+            sensor=sensor,
+            cache=self.cache,
+            image_ttl_s=60,
+            gpu_decode=False,
+        )
+        self.route = Route(
+            embedder=self.embedder,
+            policies=self.reloader,
+            model=runtime,
+            publisher=Publisher(producer, "verdicts", "dlq", {"verdicts": 20_000}),
+            sensor=sensor,
+            embeddings_topic="embeddings",
+        )
 
-    def handle(self, record: ConsumerRecord[bytes, bytes]) -> list[Any]:
-        before = len(self.producer.sent)
-        self.loop.run_until_complete(self.service._handle(record))
-        return self.producer.sent[before:]
+    def sample(self, name: str, **labels: str) -> float:
+        """A metric sample's value, 0 when it was never set."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def answers(self) -> int:
+        """Verdicts and dead letters sent so far."""
+        return len(self.broker.records("verdicts")) + len(self.broker.records("dlq"))
+
+    def handle(self, record: FakeRecord) -> list[Sent]:
+        """What answering `record` sent to the verdict and dead-letter topics."""
+        before = len(self.broker.records("verdicts")), len(self.broker.records("dlq"))
+        hold = Hold(self.budget, len(record.value or b""))
+        try:
+            self.loop.run_until_complete(self.route.handle(record, hold))
+        finally:
+            hold.release()
+        new = self.broker.records("verdicts")[before[0] :] + self.broker.records("dlq")[before[1] :]
+        for r in new:
+            if r.topic == "verdicts":
+                jsonschema.validate(json.loads(r.value or b""), VERDICT_SCHEMA)
+        return [(r.topic, r.key, r.value, list(r.headers)) for r in new]
 
     def close(self) -> None:
-        s = self.service
-        assert s._batcher is not None
-        assert s._decode_pool is not None
-        assert s._fetcher is not None
-        assert s._reloader is not None
-        self.loop.run_until_complete(s._reloader.stop())
-        self.loop.run_until_complete(s._batcher.stop())
-        self.loop.run_until_complete(s._decode_pool.close())
-        self.loop.run_until_complete(s._fetcher.aclose())
+        self.loop.run_until_complete(self.reloader.stop())
+        self.loop.run_until_complete(self.batcher.stop())
+        self.loop.run_until_complete(self.pool.close())
+        self.loop.run_until_complete(self.fetcher.aclose())
         self.loop.close()
 
 
 @pytest.fixture(scope="module")
-def route() -> Iterator[_Route]:
-    wired = _Route()
+def route() -> Iterator[_Wired]:
+    wired = _Wired()
     yield wired
     wired.close()
 
@@ -192,12 +224,10 @@ _headers = st.lists(st.tuples(_header_names, st.none() | st.binary(max_size=20))
 )
 @given(key=st.none() | st.binary(max_size=40), value=_values, headers=_headers)
 def test_every_record_ends_as_one_verdict_or_one_anticipated_dead_letter(
-    route: _Route, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+    route: _Wired, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
 ) -> None:
-    record = ConsumerRecord(
-        "in", 0, 7, 1_700_000_000_000, 0, key, value, None, -1, -1, tuple(headers)
-    )
-    sent = route.handle(record)  # type: ignore[arg-type]
+    record = _record(7, value, key=key, headers=tuple(headers), timestamp=1_700_000_000_000)
+    sent = route.handle(record)
     assert len(sent) == 1, sent
     event(sent[0][0] if sent[0][0] == "verdicts" else dict(sent[0][3])["x-error-reason"].decode())
     topic, out_key, out_value, out_headers = sent[0]
@@ -215,22 +245,22 @@ def test_every_record_ends_as_one_verdict_or_one_anticipated_dead_letter(
         name.encode("utf-8")  # every name sendable
 
 
-def test_a_valid_event_gets_a_verdict(route: _Route) -> None:
+def test_a_valid_event_gets_a_verdict(route: _Wired) -> None:
     value = json.dumps({"id": "ok-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
-    sent = route.handle(ConsumerRecord("in", 0, 1, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    sent = route.handle(_record(1, value))
     assert [s[0] for s in sent] == ["verdicts"]
     assert json.loads(sent[0][2])["id"] == "ok-1"
 
 
 def test_an_unanticipated_exception_is_an_internal_error_dead_letter(
-    route: _Route, monkeypatch: pytest.MonkeyPatch
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("moderator.service.app.build_verdict", broken)
+    monkeypatch.setattr("moderator.service.route.build_verdict", broken)
     value = json.dumps({"id": "bug-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
-    sent = route.handle(ConsumerRecord("in", 0, 3, 0, 0, b"k", value, None, -1, -1, ()))  # type: ignore[arg-type]
+    sent = route.handle(_record(3, value, key=b"k"))
     assert len(sent) == 1
     headers = dict(sent[0][3])
     assert sent[0][0] == "dlq"
@@ -280,7 +310,7 @@ _metadata = st.recursive(
     header_names=st.lists(_text.filter(lambda n: not n.lower().startswith("ce_")), max_size=3),
 )
 def test_a_valid_image_with_any_echoed_fields_is_a_verdict_unless_they_are_unencodable(
-    route: _Route,
+    route: _Wired,
     event_id: str,
     surface: str | None,
     source: str | None,
@@ -291,7 +321,7 @@ def test_a_valid_image_with_any_echoed_fields_is_a_verdict_unless_they_are_unenc
     body |= {"surface": surface, "source": source, "metadata": metadata}
     value = json.dumps(body, ensure_ascii=True).encode()
     headers = tuple((name, b"v") for name in header_names)
-    sent = route.handle(ConsumerRecord("in", 0, 5, 0, 0, None, value, None, -1, -1, headers))  # type: ignore[arg-type]
+    sent = route.handle(_record(5, value, headers=headers))
     assert len(sent) == 1
     event(sent[0][0])
     # Judged as the parser sees them: JSON joins an escaped surrogate pair into one character.
@@ -308,44 +338,93 @@ def test_a_valid_image_with_any_echoed_fields_is_a_verdict_unless_they_are_unenc
 
 
 def test_a_failure_after_the_verdict_does_not_answer_the_event_twice(
-    route: _Route, monkeypatch: pytest.MonkeyPatch
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug in counting")
 
-    monkeypatch.setattr(route.service, "_count_verdict", broken)
+    monkeypatch.setattr(route.route._sensor, "on_verdict", broken)
     value = json.dumps({"id": "once-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
-    sent = route.handle(ConsumerRecord("in", 0, 4, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    sent = route.handle(_record(4, value))
     assert [s[0] for s in sent] == ["verdicts"]
 
 
 def test_an_inference_failure_is_the_services_not_a_dead_letter(
-    route: _Route, monkeypatch: pytest.MonkeyPatch
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def failing(pixels: Any) -> Any:
         raise InferenceFailed("inference failed: CUDA error")
 
-    assert route.service._batcher is not None
-    monkeypatch.setattr(route.service._batcher, "embed", failing)
+    monkeypatch.setattr(route.batcher, "embed", failing)
     value = json.dumps({"id": "gpu-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
-    before = len(route.producer.sent)
+    before = route.answers()
     with pytest.raises(InferenceFailed):
-        route.handle(ConsumerRecord("in", 0, 5, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
-    assert len(route.producer.sent) == before  # nothing published: the event stays unanswered
+        route.handle(_record(5, value))
+    assert route.answers() == before  # nothing published: the event stays unanswered
 
 
 def test_an_image_fetched_after_a_retry_and_then_refused_counts_its_fetch_attempts(
-    route: _Route, monkeypatch: pytest.MonkeyPatch
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def fetch(url: str) -> Fetched:
         return Fetched(b"not an image at all", url, attempts=2, content_type="image/png")
 
-    assert route.service._fetcher is not None
-    monkeypatch.setattr(route.service._fetcher, "fetch", fetch)
+    monkeypatch.setattr(route.fetcher, "fetch", fetch)
     value = json.dumps({"id": "retried-1", "image_url": "https://img.example/a.png"}).encode()
-    sent = route.handle(ConsumerRecord("in", 0, 6, 0, 0, None, value, None, -1, -1, ()))  # type: ignore[arg-type]
+    sent = route.handle(_record(6, value))
     (out,) = sent
     headers = dict(out[3])
     assert out[0] == "dlq"
     assert headers["x-error-reason"] == b"unsupported_format"
     assert headers["x-attempts"] == b"2"
+
+
+def test_a_verdict_is_followed_by_its_embedding_and_counted(route: _Wired) -> None:
+    value = json.dumps({"id": "emb-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+    (verdict,) = route.handle(_record(8, value))
+    body = json.loads(verdict[2] or b"")
+    (embedding,) = [r for r in route.broker.records("embeddings") if r.key == b"emb-1"]
+    record = json.loads(embedding.value or b"")
+    assert record["image_sha256"] == body["image"]["sha256"]
+    assert len(record["embedding"]) == route.runtime.embed_dim
+    assert route.sample("moderator_verdicts_total", decision=body["decision"], surface="none")
+
+
+def test_an_unknown_surface_is_counted_as_other(route: _Wired) -> None:
+    value = json.dumps(
+        {"id": "srf-1", "image_b64": base64.b64encode(_PNG).decode(), "surface": "nowhere"}
+    ).encode()
+    (verdict,) = route.handle(_record(9, value))
+    decision = json.loads(verdict[2] or b"")["decision"]
+    assert route.sample("moderator_verdicts_total", decision=decision, surface="other")
+    assert route.sample("moderator_unknown_surfaces_total")
+
+
+def test_with_a_cache_a_repeated_image_is_served_from_it() -> None:
+    wired = _Wired(cached=True)
+    try:
+        value = json.dumps({"id": "c-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+        first = json.loads(wired.handle(_record(1, value))[0][2] or b"")
+        second = json.loads(wired.handle(_record(2, value))[0][2] or b"")
+        assert (first["cached"], second["cached"]) == (False, True)
+        assert first["decision"] == second["decision"]
+        assert wired.cache is not None
+        assert wired.cache.hits == 1
+    finally:
+        wired.close()
+
+
+def test_a_url_download_is_held_in_the_budget_until_the_event_is_answered(
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fetch(url: str) -> Fetched:
+        return Fetched(_PNG, url, attempts=1, content_type="image/png")
+
+    monkeypatch.setattr(route.fetcher, "fetch", fetch)
+    value = json.dumps({"id": "url-1", "image_url": "https://img.example/a.png"}).encode()
+    hold = Hold(route.budget, len(value))
+    route.loop.run_until_complete(route.route.handle(_record(10, value), hold))
+    assert hold.size == len(value) + len(_PNG)  # the download joined the event's hold
+    assert route.budget.used == hold.size
+    hold.release()
+    assert route.budget.used == 0

@@ -1,4 +1,5 @@
-"""`Service` pieces that need no broker: how the model settings reach every runtime."""
+"""`moderator.service.models`: how the model settings reach every runtime, and when GPU JPEG
+decoders are built."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from moderator.service import app as service_module
-from moderator.service.app import Service
+from moderator.service import models as service_module
+from moderator.service.models import load_runtimes, open_gpu_decoders
 from moderator.settings import load_settings
 
 
@@ -35,7 +36,7 @@ def test_every_gpu_runtime_gets_the_model_settings(monkeypatch: pytest.MonkeyPat
             "MODERATOR_MODEL__INTRA_OP_THREADS": "3",
         }
     )
-    asyncio.run(Service(settings)._load_models())
+    asyncio.run(load_runtimes(settings))
     assert [c["device_id"] for c in calls] == [0, 1]
     for call in calls:
         assert call["attention"] == "flash"
@@ -43,13 +44,11 @@ def test_every_gpu_runtime_gets_the_model_settings(monkeypatch: pytest.MonkeyPat
         assert call["providers"] == ["cuda", "cpu"]
 
 
-def _service_on(runtimes: list[Any], gpu_decode: str) -> Service:
+def _decoders(runtimes: list[Any], gpu_decode: str) -> list[Any]:
     from moderator.pipeline.decode.cpu import PreprocessSpec
 
-    service = Service(load_settings(environ={"MODERATOR_PIPELINE__GPU_DECODE": gpu_decode}))
-    service._runtimes = runtimes
-    service._spec = PreprocessSpec.for_model(224, 224)
-    return service
+    spec = PreprocessSpec.for_model(224, 224)
+    return open_gpu_decoders(gpu_decode, runtimes, spec, 8)  # type: ignore[return-value]
 
 
 def test_gpu_decode_on_refuses_to_start_when_the_model_runs_on_the_cpu() -> None:
@@ -58,13 +57,9 @@ def test_gpu_decode_on_refuses_to_start_when_the_model_runs_on_the_cpu() -> None
 
     cpu = load_model("demo", providers=["cpu"])
     with pytest.raises(ConfigError, match="gpu_decode is on, but: the model runs on the CPU"):
-        _service_on([cpu], "on")._open_gpu_decoders()
-    auto = _service_on([cpu], "auto")
-    auto._open_gpu_decoders()  # goes on, decoding on the CPU
-    assert auto._gpu_decoders == []
-    off = _service_on([cpu], "off")
-    off._open_gpu_decoders()
-    assert off._gpu_decoders == []
+        _decoders([cpu], "on")
+    assert _decoders([cpu], "auto") == []  # goes on, decoding on the CPU
+    assert _decoders([cpu], "off") == []
 
 
 def test_gpu_decode_auto_falls_back_when_the_decoder_cannot_start(
@@ -80,11 +75,9 @@ def test_gpu_decode_auto_falls_back_when_the_decoder_cannot_start(
         raise ModelError("GPU JPEG decoding needs nvImageCodec")
 
     monkeypatch.setattr(service_module, "GpuJpegDecoder", refuse)
-    auto = _service_on([_Runtime()], "auto")
-    auto._open_gpu_decoders()
-    assert auto._gpu_decoders == []
+    assert _decoders([_Runtime()], "auto") == []
     with pytest.raises(ConfigError, match="needs nvImageCodec"):
-        _service_on([_Runtime()], "on")._open_gpu_decoders()
+        _decoders([_Runtime()], "on")
 
 
 def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
@@ -112,13 +105,11 @@ def test_a_decoder_that_fails_its_warm_up_is_closed_and_treated_as_missing(
             closed.append(True)
 
     monkeypatch.setattr(service_module, "GpuJpegDecoder", _Decoder)
-    auto = _service_on([_Runtime()], "auto")
     with caplog.at_level(logging.INFO):
-        auto._open_gpu_decoders()
-    assert auto._gpu_decoders == []
+        assert _decoders([_Runtime()], "auto") == []
     assert closed == [True]
     said = [r for r in caplog.records if r.getMessage() == "JPEGs decode on the CPU"]
     assert [r.levelno for r in said] == [logging.WARNING]  # it started, then failed
     with pytest.raises(ConfigError, match="failed its warm-up: no engine"):
-        _service_on([_Runtime()], "on")._open_gpu_decoders()
+        _decoders([_Runtime()], "on")
     assert closed == [True, True]
