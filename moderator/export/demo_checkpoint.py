@@ -9,7 +9,7 @@ fp32 export is still an initializer of its graphs, so the checkpoint can be read
 - ORT's fused `Attention` holds q, k and v as one (width, 3·width) matrix: split in three;
 - MatMul weights are HF's Linear weights transposed; biases sit on an Add or on the
   `SkipLayerNormalization` that absorbed it;
-- exports that fold the pixel normalization into the patch embedding (`_VisionGraph`) are
+- exports that fold the pixel normalization into the patch embedding (`towers.VisionGraph`) are
   unfolded with the manifest's mean and std. The class token and position 0 appear there only
   as their sum, so the class embedding carries it and position 0 is zero: the same function.
 
@@ -47,6 +47,7 @@ from moderator.embed.manifest import (
 from moderator.embed.paths import DEMO_DIR
 from moderator.embed.tokenize import TextTokenizer
 from moderator.errors import ModelError
+from moderator.export.parity import min_cosine, torch_image_embeddings
 
 __all__ = [
     "MIN_COSINE",
@@ -55,7 +56,6 @@ __all__ = [
     "demo_checkpoint",
     "demo_checkpoint_cache",
     "rebuild_checkpoint",
-    "torch_image_embeddings",
     "torch_text_embeddings",
 ]
 
@@ -286,7 +286,7 @@ def _split_qkv(
 
 
 def _unfold_patches(tower: _Tower, manifest: Manifest) -> None:
-    """Undo `_VisionGraph`'s folding: NHWC patch MatMul → conv, positions → HF's three."""
+    """Undo `VisionGraph`'s folding: NHWC patch MatMul → conv, positions → HF's three."""
     folded = tower.weights.pop("patch.weight", None)
     positions = tower.weights.pop("positions", None)
     if folded is None and positions is None:
@@ -398,24 +398,9 @@ def _parity(clip: Any, onnx_dir: Path) -> dict[str, float]:
     ids, _ = TextTokenizer.from_dir(onnx_dir, manifest).encode(texts)
     images = torch_image_embeddings(clip, pixels, manifest.mean, manifest.std)
     return {
-        "vision": _min_cosine(images, runtime.encode_pixels(pixels)),
-        "text": _min_cosine(torch_text_embeddings(clip, ids), runtime.encode_texts(texts)),
+        "vision": min_cosine(images, runtime.encode_pixels(pixels)),
+        "text": min_cosine(torch_text_embeddings(clip, ids), runtime.encode_texts(texts)),
     }
-
-
-def torch_image_embeddings(
-    clip: Any,
-    pixels: NDArray[np.uint8],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-) -> NDArray[np.float32]:
-    """HF CLIP on (n, S, S, 3) uint8 pixels, normalized the image processor's way."""
-    x = torch.from_numpy(pixels).to(torch.float32) / 255.0
-    x = (x - torch.tensor(mean)) / torch.tensor(std)
-    with torch.no_grad():
-        pooled = clip.vision_model(pixel_values=x.permute(0, 3, 1, 2)).pooler_output
-        embeds = clip.visual_projection(pooled)
-    return np.asarray(torch.nn.functional.normalize(embeds, dim=-1).numpy(), np.float32)
 
 
 def torch_text_embeddings(clip: Any, ids: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -424,9 +409,3 @@ def torch_text_embeddings(clip: Any, ids: NDArray[np.int64]) -> NDArray[np.float
         pooled = clip.text_model(input_ids=torch.from_numpy(ids)).pooler_output
         embeds = clip.text_projection(pooled)
     return np.asarray(torch.nn.functional.normalize(embeds, dim=-1).numpy(), np.float32)
-
-
-def _min_cosine(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    cos = (a64 * b64).sum(axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    return float(cos.min())

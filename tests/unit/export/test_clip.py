@@ -192,10 +192,11 @@ def test_fc1_bias_fold_is_refused_for_int8_before_anything_is_written(
 
 
 def test_folding_leaves_the_checkpoint_modules_alone(tiny_biased: Path) -> None:
-    from moderator.export.clip import _load, _preprocess, _VisionGraph
+    from moderator.export.checkpoint import load_checkpoint, read_preprocess
+    from moderator.export.towers import VisionGraph
 
-    ckpt = _load(str(tiny_biased), _quiet)
-    graph = _VisionGraph(ckpt.model, _preprocess(ckpt), fold_mlp_bias=True)
+    ckpt = load_checkpoint(str(tiny_biased), _quiet)
+    graph = VisionGraph(ckpt.model, read_preprocess(ckpt), fold_mlp_bias=True)
     original = ckpt.model.vision_model.encoder.layers[0]
     assert type(original.mlp).__name__ == "CLIPMLP"
     assert type(graph.encoder.layers[0].mlp).__name__ == "_BiasFoldedMLP"

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.typing import NDArray
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,6 +24,7 @@ from moderator.embed.manifest import read_manifest  # noqa: E402
 from moderator.embed.paths import DEMO_DIR  # noqa: E402
 from moderator.errors import ModelError  # noqa: E402
 from moderator.export import demo_checkpoint as dc  # noqa: E402
+from moderator.export.parity import min_cosine, torch_image_embeddings  # noqa: E402
 
 pytestmark = pytest.mark.export
 
@@ -39,12 +39,6 @@ PROMPTS = [
 
 def _quiet(_: str) -> None:
     pass
-
-
-def _min_cosine(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-    return float(cos.min())
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -74,8 +68,8 @@ def test_image_embeddings_match_the_onnx_model_on_demo_shapes(hf_clip: Any, runt
     samples = list(shapes.generate(8, seed=3, size=runtime.image_size))
     pixels = np.stack([np.asarray(s.image.convert("RGB"), np.uint8) for s in samples])
     manifest = runtime.manifest
-    ours = dc.torch_image_embeddings(hf_clip, pixels, manifest.mean, manifest.std)
-    assert _min_cosine(ours, runtime.encode_pixels(pixels)) >= 0.999
+    ours = torch_image_embeddings(hf_clip, pixels, manifest.mean, manifest.std)
+    assert min_cosine(ours, runtime.encode_pixels(pixels)) >= 0.999
 
 
 def test_text_embeddings_match_through_the_hf_tokenizer(
@@ -88,7 +82,7 @@ def test_text_embeddings_match_through_the_hf_tokenizer(
         pooled = hf_clip.text_model(**batch).pooler_output
         embeds = hf_clip.text_projection(pooled)
     ours = torch.nn.functional.normalize(embeds, dim=-1).numpy()
-    assert _min_cosine(ours, runtime.encode_texts(PROMPTS)) >= 0.999
+    assert min_cosine(ours, runtime.encode_texts(PROMPTS)) >= 0.999
 
 
 def test_the_naive_peer_processor_loads_and_tokenizes_like_the_runtime(
@@ -217,7 +211,7 @@ def test_unfolding_inverts_the_exporters_folding(
     std: tuple[float, float, float],
     seed: int,
 ) -> None:
-    """Fold as `_VisionGraph` does (x/255 − mean)/std into the patch weights and positions;
+    """Fold as `VisionGraph` does (x/255 − mean)/std into the patch weights and positions;
     unfolding gives the convolution and the positions back."""
     rng = np.random.default_rng(seed)
     conv = rng.normal(size=(dim, 3, patch, patch))
