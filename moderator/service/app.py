@@ -60,6 +60,7 @@ class Service:
         self._runtimes: list[ClipRuntime] = []
         self._reloader: PolicyReloader | None = None
         self._loop: CommitLoop | None = None
+        self.decode_pool: DecodePool | None = None  # its processes, for operators and fault tests
 
     def stop(self) -> None:
         """Begin a graceful drain (SIGTERM/SIGINT)."""
@@ -238,6 +239,7 @@ class Service:
         pool = DecodePool(workers, spec, on_replaced=self.sensor.on_pool_replaced)
         stack.push_async_callback(_quietly, pool.close)
         await pool.start()
+        self.decode_pool = pool
         seconds = round(time.monotonic() - started, 2)
         fields = {"processes": workers, "seconds": seconds}
         log.info("decode processes started", extra={"fields": fields})

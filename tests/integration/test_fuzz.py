@@ -59,23 +59,21 @@ async def _answers(
     deadline = loop.time() + ANSWER_TIMEOUT_S
     try:
         while len(verdict_ids) + len(dead_offsets) < expected and loop.time() < deadline:
-            for tp, batch in (await reader.getmany(timeout_ms=500)).items():
-                for r in batch:
-                    if tp.topic == topics["verdicts"]:
-                        verdict_ids.append((r.key or b"").decode())
-                        continue
-                    headers = dict(r.headers)
-                    dead_offsets.append(int(headers["x-original-offset"] or b"-1"))
-                    reasons[(headers["x-error-reason"] or b"").decode()] += 1
-        await asyncio.sleep(2)  # anything answered twice would arrive now
-        for tp, batch in (await reader.getmany(timeout_ms=1000)).items():
-            for r in batch:
-                if tp.topic == topics["verdicts"]:
+            for r in await reader.poll(0.5):
+                if r.topic == topics["verdicts"]:
                     verdict_ids.append((r.key or b"").decode())
-                else:
-                    dead_offsets.append(int(dict(r.headers)["x-original-offset"] or b"-1"))
+                    continue
+                headers = dict(r.headers)
+                dead_offsets.append(int(headers["x-original-offset"] or b"-1"))
+                reasons[(headers["x-error-reason"] or b"").decode()] += 1
+        await asyncio.sleep(2)  # anything answered twice would arrive now
+        for r in await reader.poll(1.0):
+            if r.topic == topics["verdicts"]:
+                verdict_ids.append((r.key or b"").decode())
+            else:
+                dead_offsets.append(int(dict(r.headers)["x-original-offset"] or b"-1"))
     finally:
-        await reader.stop()
+        await reader.close()
     return verdict_ids, dead_offsets, reasons
 
 

@@ -97,32 +97,27 @@ async def _produce(settings: KafkaSettings, topic: str, cases: list[Case]) -> di
 async def _collect(
     settings: KafkaSettings, topics: dict[str, str], sent: dict[int, Case], timeout_s: float
 ) -> Answers:
-    consumer = kafka.make_consumer(settings, group_id=None)
-    await consumer.start()
+    reader = await kafka.open_reader(settings, [topics["verdicts"], topics["dlq"]])
     answers = Answers()
     try:
-        parts = await kafka.topic_partitions(settings, [topics["verdicts"], topics["dlq"]])
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not _all_answered(sent, answers) and loop.time() < deadline:
-            for tp, records in (await consumer.getmany(timeout_ms=300)).items():
-                for r in records:
-                    if tp.topic == topics["verdicts"]:
-                        key = (r.key or b"").decode()
-                        decision = json.loads(r.value or b"{}")["decision"]
-                        answers.verdicts.setdefault(key, []).append(decision)
-                    else:
-                        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers}
-                        headers["value-bytes"] = str(len(r.value or b""))
-                        where = (
-                            int(headers["x-original-partition"]),
-                            int(headers["x-original-offset"]),
-                        )
-                        answers.dead.setdefault(where, []).append(headers)
+            for r in await reader.poll(0.3):
+                if r.topic == topics["verdicts"]:
+                    key = (r.key or b"").decode()
+                    decision = json.loads(r.value or b"{}")["decision"]
+                    answers.verdicts.setdefault(key, []).append(decision)
+                else:
+                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in r.headers}
+                    headers["value-bytes"] = str(len(r.value or b""))
+                    where = (
+                        int(headers["x-original-partition"]),
+                        int(headers["x-original-offset"]),
+                    )
+                    answers.dead.setdefault(where, []).append(headers)
     finally:
-        await consumer.stop()
+        await reader.close()
     return answers
 
 

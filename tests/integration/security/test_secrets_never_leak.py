@@ -62,32 +62,28 @@ async def _answers(
     settings: KafkaSettings, topics: dict[str, str], ids: set[str], timeout_s: float
 ) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
     """Every record on the verdict and DLQ topics, once all `ids` are answered."""
-    consumer = kafka.make_consumer(settings, group_id=None)
-    await consumer.start()
     out: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    parts: list[object] = []
+    while not parts and loop.time() < deadline:  # the service creates the topics
+        try:
+            parts = list(
+                await kafka.topic_partitions(settings, [topics["verdicts"], topics["dlq"]])
+            )
+        except Exception:
+            await asyncio.sleep(1)
+    reader = await kafka.open_reader(settings, [topics["verdicts"], topics["dlq"]])
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        parts: list[object] = []
-        while not parts and loop.time() < deadline:  # the service creates the topics
-            try:
-                parts = list(
-                    await kafka.topic_partitions(settings, [topics["verdicts"], topics["dlq"]])
-                )
-            except Exception:
-                await asyncio.sleep(1)
-        consumer.assign(parts)  # type: ignore[arg-type]
-        await consumer.seek_to_beginning(*parts)  # type: ignore[arg-type]
         seen: set[str] = set()
         while not ids <= seen and loop.time() < deadline:
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                for r in records:
-                    key = (r.key or b"").decode()
-                    seen.add(key)
-                    out.append((tp.topic, r.value or b"", list(r.headers)))
+            for r in await reader.poll(0.5):
+                key = (r.key or b"").decode()
+                seen.add(key)
+                out.append((r.topic, r.value or b"", [(k, v or b"") for k, v in r.headers]))
         assert ids <= seen, f"unanswered: {sorted(ids - seen)[:5]}"
     finally:
-        await consumer.stop()
+        await reader.close()
     return out
 
 
