@@ -13,6 +13,7 @@ import typer
 
 from moderator import __version__
 from moderator.bench.cli import app as bench_app  # its commands import heavy modules lazily
+from moderator.commands.exits import EXIT_CODES, fail
 from moderator.errors import ConfigError, ModeratorError
 from moderator.policy.cli import app as policy_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog=EXIT_CODES,
 )
 app.add_typer(policy_app, name="policy", help="Author policies: validate, explain, test, diff.")
 app.add_typer(bench_app, name="bench")
@@ -48,11 +50,6 @@ def _root(
     """Run `moderator COMMAND --help` for each command's options."""
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 1)
-
-
 @app.command()
 def settings(
     config: ConfigOption = None,
@@ -67,7 +64,7 @@ def settings(
     try:
         loaded = load_settings(config_file=config)
     except ConfigError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(loaded.model_dump_json(indent=2))
     import os
 
@@ -99,11 +96,11 @@ def export(
 ) -> None:
     """Export a CLIP checkpoint to ONNX (needs the `export` extra: torch + transformers)."""
     if precision not in ("fp32", "fp16", "int8"):
-        raise _fail(ConfigError(f"--precision must be fp32, fp16 or int8, got {precision!r}"))
+        raise fail(ConfigError(f"--precision must be fp32, fp16 or int8, got {precision!r}"))
     try:
         from moderator.export.clip import export_clip
     except ImportError as exc:
-        raise _fail(
+        raise fail(
             ConfigError(
                 f"export needs torch and transformers: pip install 'moderator[export]' ({exc})"
             )
@@ -118,7 +115,7 @@ def export(
             name=name,
         )
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"exported {model} to {out}")
 
 
@@ -130,7 +127,7 @@ def serve(config: ConfigOption = None) -> None:
     try:
         code = run_service(config_file=config)
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     raise typer.Exit(code)
 
 
@@ -148,7 +145,7 @@ def score(
     try:
         verdicts = asyncio.run(score_files(images, model=model, policy=policy))
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for verdict in verdicts:
         typer.echo(json.dumps(verdict))
     if any("error" in v for v in verdicts):
@@ -175,7 +172,7 @@ def submit(
             )
         )
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for image, event_id in zip(images, ids, strict=True):
         typer.echo(f"{event_id}\t{image}")
 
@@ -196,7 +193,7 @@ def tail(
             tail_topic(load_settings(config_file=config), from_beginning, limit, dlq, sys.stdout)
         )
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except KeyboardInterrupt:
         pass
 
@@ -220,7 +217,7 @@ def demo(
         configure("WARNING", loaded.log.json_format)
         code = asyncio.run(run_demo(loaded, sys.stdout, inline=inline, by_url=by_url))
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     raise typer.Exit(code)
 
 

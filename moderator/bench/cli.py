@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from moderator.commands.exits import fail
 from moderator.errors import ConfigError, ModeratorError
 from moderator.types import DEFAULT_ATTENTION
 
@@ -41,11 +42,6 @@ def _ints(text: str, name: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip() and part.strip() != "none"]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 @app.command()
@@ -119,7 +115,7 @@ def model(
             cuda_graphs=cuda_graphs,
         )
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 
 
@@ -153,7 +149,7 @@ def decode(
             gpu_processes=gpu_processes,
         )
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 
 
@@ -251,7 +247,7 @@ def e2e(
         )
         report = asyncio.run(run_e2e_bench(options))
     except ModeratorError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 
 

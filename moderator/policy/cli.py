@@ -18,6 +18,7 @@ import numpy as np
 import typer
 
 from moderator.cache.memory import MemoryEmbeddingCache
+from moderator.commands.exits import fail
 from moderator.errors import ModeratorError, PolicyError
 from moderator.policy.compile import compile_policy
 from moderator.policy.evaluate import (
@@ -103,7 +104,7 @@ def make_app(
             try:
                 tokens = load_tokens(configured) if configured else clip_tokens()
             except ModeratorError as exc:
-                raise _fail(exc) from exc
+                raise fail(exc) from exc
         failed = False
         for path in paths:
             try:
@@ -172,12 +173,12 @@ def make_app(
         try:
             labeled = read_labels(labels)
         except ModeratorError as exc:
-            raise _fail(exc) from exc
+            raise fail(exc) from exc
         encoder = load_encoder(model)
         compiled = _compile(policy, encoder)
         unknown = unknown_labels(compiled, labeled)
         if unknown:
-            raise _fail(
+            raise fail(
                 ModeratorError(
                     f"labels name concepts the policy does not have: {', '.join(unknown)}"
                 )
@@ -275,11 +276,6 @@ def make_app(
     return app
 
 
-def _fail(exc: ModeratorError) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
-
-
 def _embed_files(encoder: Encoder, paths: Sequence[Path]) -> tuple[Embeddings, list[Path]]:
     """Embed image files in batches; unreadable or undecodable ones are reported and skipped."""
     rows: list[Embeddings] = []
@@ -305,7 +301,7 @@ def _embed_files(encoder: Encoder, paths: Sequence[Path]) -> tuple[Embeddings, l
             except ModeratorError as exc:
                 typer.secho(f"skipped {path}: {exc}", fg=typer.colors.YELLOW, err=True)
     if not kept:
-        raise _fail(ModeratorError("no usable images"))
+        raise fail(ModeratorError("no usable images"))
     return np.concatenate(rows).astype(np.float32), kept
 
 
