@@ -23,6 +23,7 @@ import json
 import tempfile
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -50,7 +51,6 @@ from moderator.export.checkpoint import Progress, load_checkpoint, read_preproce
 from moderator.export.convert import Precision
 from moderator.export.parity import (
     MIN_COSINE,
-    Graph,
     build_graph,
     check_tokenizer,
     reference_texts,
@@ -124,56 +124,29 @@ def export_clip(
     ids, _ = ours.encode(texts)
 
     fold = precision == "fp16" if fold_mlp_bias is None else fold_mlp_bias
-    graphs: list[Graph] = []
+    build = partial(build_graph, optimize=optimize, out=out, progress=progress)
     with tempfile.TemporaryDirectory(prefix="moderator-export-") as tmp:
         progress(f"exporting vision graph ({size}×{size}, opset {opset})")
-        vision_plain = trace_to_onnx(
-            VisionGraph(clip, pre, fold_mlp_bias=fold).eval(),
-            (torch.zeros((2, size, size, 3), dtype=torch.uint8),),
-            ["pixels"],
-            opset,
-            Path(tmp),
+        example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+        tower = VisionGraph(clip, pre, fold_mlp_bias=fold).eval()
+        plain = trace_to_onnx(tower, (example,), ["pixels"], opset, Path(tmp))
+        reference = torch_image_embeddings(clip, pixels, pre.mean, pre.std, pre.rescale)
+        vision = build(
+            "vision", plain, config.vision_config, precision, {"pixels": pixels}, reference
         )
-        graphs.append(
-            build_graph(
-                "vision",
-                vision_plain,
-                heads=config.vision_config.num_attention_heads,
-                hidden=config.vision_config.hidden_size,
-                precision=precision,
-                optimize=optimize,
-                out=out,
-                feeds={"pixels": pixels},
-                reference=torch_image_embeddings(clip, pixels, pre.mean, pre.std, pre.rescale),
-                progress=progress,
-            )
-        )
-        del vision_plain
+        del plain, tower
         progress(f"exporting text graph (context {tokens.context_length}, opset {opset})")
         trace_ids = torch.full((2, min(8, tokens.context_length)), tokens.eos, dtype=torch.int64)
-        text_plain = trace_to_onnx(
-            TextGraph(clip, tokens.pooling, tokens.eos).eval(),
-            (trace_ids,),
-            ["input_ids"],
-            opset,
-            Path(tmp),
+        text_tower = TextGraph(clip, tokens.pooling, tokens.eos).eval()
+        plain = trace_to_onnx(text_tower, (trace_ids,), ["input_ids"], opset, Path(tmp))
+        # int8 is for the image tower, which runs per event; the text tower runs once per
+        # policy compile, so it keeps full precision.
+        text_precision: Precision = "fp32" if precision == "int8" else precision
+        reference = reference_texts(ckpt, texts)
+        text = build(
+            "text", plain, config.text_config, text_precision, {"input_ids": ids}, reference
         )
-        graphs.append(
-            build_graph(
-                "text",
-                text_plain,
-                heads=config.text_config.num_attention_heads,
-                hidden=config.text_config.hidden_size,
-                # int8 is for the image tower, which runs per event; the text tower runs once
-                # per policy compile, so it keeps full precision.
-                precision="fp32" if precision == "int8" else precision,
-                optimize=optimize,
-                out=out,
-                feeds={"input_ids": ids},
-                reference=reference_texts(ckpt, texts),
-                progress=progress,
-            )
-        )
+    graphs = [vision, text]
 
     files = {
         p.name: file_sha256(p)

@@ -108,23 +108,28 @@ class Graph:
 def build_graph(
     name: str,
     plain: onnx.ModelProto,
-    *,
-    heads: int,
-    hidden: int,
+    tower: Any,
     precision: Precision,
-    optimize: bool,
-    out: Path,
     feeds: dict[str, NDArray[Any]],
     reference: NDArray[np.float32],
+    *,
+    optimize: bool,
+    out: Path,
     progress: Progress,
 ) -> Graph:
-    """Optimize and convert `plain`, save it, and keep the first candidate that passes parity."""
+    """Optimize and convert `plain`, save it, and keep the first candidate that passes parity.
+
+    `tower` is the HF config of the tower `plain` was traced from (its heads and width guide
+    the fusions); `reference` is what PyTorch gives for `feeds`.
+    """
     attempts: list[tuple[onnx.ModelProto, dict[str, int]]] = []
     note: str | None = None
     if optimize:
         t0 = time.perf_counter()
         try:
-            fused_model, fused = fuse(copy_model(plain), heads, hidden)
+            fused_model, fused = fuse(
+                copy_model(plain), tower.num_attention_heads, tower.hidden_size
+            )
         except Exception as exc:  # the optimizer pattern-matches; any failure → plain graph
             note = f"{name}: optimizer failed ({type(exc).__name__}: {exc}); plain graph kept"
             progress(f"  {note}")
