@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from moderator.kafka.client import make_consumer, make_producer
+from moderator.kafka import make_consumer, make_producer
 from moderator.settings import KafkaSettings
 
 
@@ -42,3 +42,63 @@ def test_consumer_fetch_options_come_from_settings() -> None:
 
     assert asyncio.run(options()) == (8 << 20, 50, False)
     assert KafkaSettings().check_crcs  # verified unless switched off
+
+
+class _Refusing:
+    """Stands in for aiokafka's clients: every call fails as aiokafka fails."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def send(self, *args: object, **kwargs: object) -> object:
+        raise self.error
+
+    async def getmany(self, *args: object, **kwargs: object) -> object:
+        raise self.error
+
+    async def commit(self, *args: object, **kwargs: object) -> None:
+        raise self.error
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_the_adapter_translates_aiokafka_errors() -> None:
+    from aiokafka.errors import CommitFailedError, KafkaTimeoutError, NodeNotReadyError
+
+    from moderator.errors import CommitFailed, KafkaFailed, PublishFailed, ServiceFault
+    from moderator.kafka import GroupConsumer, Producer
+
+    producer = Producer(KafkaSettings())
+    await producer._producer.stop()
+    producer._producer = _Refusing(KafkaTimeoutError())  # type: ignore[assignment]
+    with pytest.raises(PublishFailed, match="verdicts: KafkaTimeoutError"):
+        await producer.send("verdicts", b"v")
+    consumer = GroupConsumer(KafkaSettings(), "in", max_decompressed=1 << 20)
+    await consumer.stop()
+    consumer._consumer = _Refusing(NodeNotReadyError())  # type: ignore[assignment]
+    with pytest.raises(KafkaFailed, match="poll"):
+        await consumer.poll(0.1, 10)
+    consumer._consumer = _Refusing(CommitFailedError())  # type: ignore[assignment]
+    with pytest.raises(CommitFailed):
+        await consumer.commit({("in", 0): 5})
+    assert issubclass(KafkaFailed, ServiceFault)  # never dead-lettered
+
+
+async def test_a_record_with_neither_key_nor_value_is_sent_with_an_empty_value() -> None:
+    from moderator.kafka import Producer
+
+    sent: list[tuple[object, ...]] = []
+
+    class _Taking:
+        async def send(self, topic: str, value: bytes | None, **kwargs: object) -> object:
+            sent.append((topic, value, kwargs["key"]))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    producer = Producer(KafkaSettings())
+    await producer._producer.stop()
+    producer._producer = _Taking()  # type: ignore[assignment]
+    await producer.send_and_wait("dlq", None)
+    assert sent == [("dlq", b"", None)]  # aiokafka refuses a record with neither

@@ -2,66 +2,80 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moderator.errors import PublishFailed, Reason
+from moderator.kafka.fake import FakeBroker, FakeProducer
 from moderator.kafka.publish import Failure, Publisher, record_size, safe_name, verdict_headers
+from moderator.kafka.types import Headers
 
 
-class _Producer:
-    """Takes sends like aiokafka's producer and remembers them; `fail` makes sends raise."""
+class _Producer(FakeProducer):
+    """The fake producer, remembering each send as the publisher made it."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self) -> None:
+        super().__init__(FakeBroker())
         self.sent: list[dict[str, Any]] = []
-        self.fail = fail
 
     async def send(
-        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[Any]
-    ) -> asyncio.Future[None]:
-        if key is None and value is None:  # aiokafka's own check
-            raise AssertionError("Need at least one: key or value")
-        if self.fail is not None:
-            raise self.fail
-        self.sent.append({"topic": topic, "key": key, "value": value, "headers": headers})
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        self.sent.append({"topic": topic, "key": key, "value": value, "headers": list(headers)})
+        return await super().send(topic, value, key=key, headers=headers, partition=partition)
 
 
-def _publisher(producer: _Producer, **limits: int) -> Publisher:
-    return Publisher(producer, "verdicts", "dlq", limits)  # type: ignore[arg-type]
+def _publisher(producer: FakeProducer, **limits: int) -> Publisher:
+    return Publisher(producer, "verdicts", "dlq", limits)
 
 
-def _verdict(metadata: Any = None) -> dict[str, Any]:
-    return {"id": "e", "decision": "allow", "metadata": metadata, "source": "s"}
+class _Verdict:
+    """What the publisher needs of a verdict: its JSON, and its copy without echoed fields."""
+
+    def __init__(self, metadata: Any = None, source: str | None = "s") -> None:
+        self.body: dict[str, Any] = {"id": "e", "decision": "allow"}
+        self.body |= {"metadata": metadata, "source": source}
+
+    def wire(self) -> dict[str, Any]:
+        return dict(self.body)
+
+    def without_echoed(self) -> _Verdict:
+        dropped = [f for f in ("metadata", "source") if self.body[f] is not None]
+        copy = _Verdict()
+        copy.body = self.body | dict.fromkeys(dropped) | {"truncated": dropped}
+        return copy
 
 
 async def test_a_verdict_over_the_topic_limit_loses_its_echoed_fields() -> None:
     producer = _Producer()
     publisher = _publisher(producer, verdicts=4000)
-    truncated = await publisher.verdict("e", _verdict({"blob": "x" * 5000}), [])
+    truncated = await publisher.verdict("e", _Verdict({"blob": "x" * 5000}), [])
     assert truncated
     sent = json.loads(producer.sent[0]["value"])
     assert sent["metadata"] is None
     assert sent["source"] is None
     assert sent["truncated"] == ["metadata", "source"]
-    assert not await publisher.verdict("e", _verdict({"small": 1}), [])
+    assert not await publisher.verdict("e", _Verdict({"small": 1}), [])
     assert "truncated" not in json.loads(producer.sent[1]["value"])
 
 
 async def test_nan_never_reaches_json() -> None:
     publisher = _publisher(_Producer())
     with pytest.raises(ValueError, match="JSON"):
-        await publisher.verdict("e", _verdict({"x": math.nan}), [])
+        await publisher.verdict("e", _Verdict({"x": math.nan}), [])
 
 
 async def test_a_dead_letter_over_the_dlq_limit_keeps_only_its_headers() -> None:
@@ -93,9 +107,11 @@ async def test_odd_original_headers_are_sendable() -> None:
 
 
 async def test_a_broker_refusal_is_publish_failed_never_a_dead_letter_reason() -> None:
-    publisher = _publisher(_Producer(fail=KafkaTimeoutError()))
+    producer = _Producer()
+    producer.broker.fail_sends = 1
+    publisher = _publisher(producer)
     with pytest.raises(PublishFailed, match="verdicts"):
-        await publisher.verdict("e", _verdict(), verdict_headers("v1", "sha"))
+        await publisher.verdict("e", _Verdict(), verdict_headers("v1", "sha"))
 
 
 def test_safe_name_keeps_utf8_names() -> None:
@@ -123,10 +139,10 @@ async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> Non
     producer = _Producer()
     failure = Failure(Reason.INVALID_EVENT, "empty record value", "in", 0, 9)
     await _publisher(producer).dead_letter(None, None, [], failure)
-    (sent,) = producer.sent
-    assert sent["key"] is None
-    assert sent["value"] == b""  # aiokafka refuses a record with neither
-    assert dict(sent["headers"])["x-original-offset"] == b"9"
+    (sent,) = producer.broker.records("dlq")
+    assert sent.key is None
+    assert sent.value == b""  # Kafka clients refuse a record with neither
+    assert sent.header("x-original-offset") == b"9"
 
 
 async def test_a_topic_over_the_producers_request_limit_is_held_to_that_limit() -> None:

@@ -12,8 +12,8 @@ from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moderator.chaos.rawrecords import RawName, python_writer
 from moderator.kafka import records as kafka_records
+from moderator.kafka.raw import RawName, python_writer
 from moderator.kafka.records import TOO_LARGE, UNREADABLE, LenientMemoryRecords, read_batch
 
 Record = tuple[bytes | None, bytes | None, list[tuple[bytes, bytes | None]]]
