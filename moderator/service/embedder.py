@@ -28,9 +28,9 @@ from moderator.pipeline.acquire.fetch import Fetcher
 from moderator.pipeline.batch import Batcher, Embedded, NotDecoded
 from moderator.pipeline.budget import Hold, MemoryBudget
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
-from moderator.pipeline.decode.gpu import gpu_eligible
 from moderator.pipeline.decode.pool import DecodePool
 from moderator.pipeline.decode.prepare import prepare_record
+from moderator.pipeline.decode.resize import gpu_eligible
 from moderator.pipeline.events import ImageEvent, parse_event
 from moderator.service.sensor import Sensor
 from moderator.types import Pixels

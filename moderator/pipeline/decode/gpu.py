@@ -35,7 +35,6 @@ from moderator.errors import ModelError
 from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.resize import (
     geometry,
-    gpu_eligible,
     reduction,
     resize_crop_model,
     resize_crop_same_size_model,
@@ -46,9 +45,7 @@ from moderator.types import Embeddings, Pixels, buckets
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-# gpu_eligible lives in `resize` (the decode workers import it without CUDA); named here too
-# for callers that still import it from this module.
-__all__ = ["Decoded", "DeviceBatch", "GpuJpegDecoder", "gpu_eligible"]
+__all__ = ["Decoded", "DeviceBatch", "GpuJpegDecoder"]
 
 _current = threading.local()  # .device: the GPU a decoder last made current in this thread
 
