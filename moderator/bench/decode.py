@@ -105,7 +105,7 @@ def _all_cores(images: list[bytes], spec: PreprocessSpec, seconds: float, worker
 
 
 def _pool_submit(images: list[bytes], spec: PreprocessSpec, seconds: float, workers: int) -> float:
-    """Images sent one at a time, as `Service._embed` does, with up to 4 per worker queued."""
+    """Images sent one at a time, as `serve` does, with up to 4 per worker queued."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
         list(pool.map(decode_image, images[:workers], [spec] * workers))  # start the workers
         in_flight = 4 * workers

@@ -6,7 +6,7 @@ single event loop, which with aiokafka's fetch held one process to ~145 events/s
 GPU host. Without a cache every image gets decoded anyway, so the loop hands the record's bytes
 to a decode process and gets back the parsed event without its image, the image's sha256 and
 the model-ready pixels, in one trip. (With a cache the loop parses and hashes itself: a hit
-must not wait for a worker; see `Service._prepare`.)
+must not wait for a worker; see `moderator.service.embedder`.)
 
 Runs in worker processes: module-level, arguments and results picklable, errors the same
 `ModeratorError`s (`EventError`, `TooLarge`, `DecodeError`) the loop would have raised.
