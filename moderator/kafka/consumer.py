@@ -50,7 +50,14 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **(options | overrides))
 
 
-def _flatten(batches: Mapping[TopicPartition, list[Any]]) -> list[Record]:
+async def _poll(
+    consumer: AIOKafkaConsumer, timeout_s: float, max_records: int | None
+) -> list[Record]:
+    """One fetch's records, partition by partition, in offset order within each."""
+    try:
+        batches = await consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+    except KafkaError as exc:
+        raise KafkaFailed(f"poll: {type(exc).__name__}: {exc}") from exc
     return [record for part in batches.values() for record in part]
 
 
@@ -82,13 +89,7 @@ class GroupConsumer:
             raise KafkaFailed(f"cannot start the consumer: {type(exc).__name__}: {exc}") from exc
 
     async def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        try:
-            batches = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=max_records
-            )
-        except KafkaError as exc:
-            raise KafkaFailed(f"poll: {type(exc).__name__}: {exc}") from exc
-        return _flatten(batches)
+        return await _poll(self._consumer, timeout_s, max_records)
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
         try:
@@ -122,13 +123,7 @@ class Reader:
         self._consumer = consumer
 
     async def poll(self, timeout_s: float = 0.2, max_records: int | None = None) -> list[Record]:
-        try:
-            batches = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=max_records
-            )
-        except KafkaError as exc:
-            raise KafkaFailed(f"poll: {type(exc).__name__}: {exc}") from exc
-        return _flatten(batches)
+        return await _poll(self._consumer, timeout_s, max_records)
 
     async def end_offsets(self) -> dict[TP, int]:
         """Each assigned partition's end offset now."""
