@@ -5,5 +5,6 @@ subprocesses answer it while a scenario injects faults (SIGKILL, broker stop, Re
 rebalances, a black-holing image server); a checker reads the verdict and dead-letter topics
 and counts what was lost, what was duplicated and whether duplicates agree. The bounded
 versions run in `make test` (tests/integration/chaos/); the full run writes
-docs/reliability.md. This package drives processes; it is never imported by `serve`.
+docs/reliability.md. The replicas, the private stack, topics and the image server come from
+`moderator.harness`, which the end-to-end benchmark shares; neither is imported by `serve`.
 """

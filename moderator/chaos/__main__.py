@@ -23,7 +23,8 @@ from typing import Any
 from moderator.chaos import hostile
 from moderator.chaos import scenarios as sc
 from moderator.chaos.report import render
-from moderator.chaos.stack import Stack, free_port_block
+from moderator.harness.ports import free_port_block
+from moderator.harness.stack import Stack
 
 
 def _parser() -> argparse.ArgumentParser:

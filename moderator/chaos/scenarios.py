@@ -1,9 +1,9 @@
 """The fault scenarios: each sends a workload, runs `moderator serve`, injects faults, tallies.
 
 Every scenario gets fresh topics (input 6 partitions, verdicts 3, DLQ 1) and its own group,
-on a private stack (see stack.py), so scenarios never see each other's records. Faults are
-timed by progress (answered ids), not by the clock, so they land mid-run on fast and slow
-machines alike. What each scenario promises, and how it is measured:
+on a private stack (`moderator.harness.stack`), so scenarios never see each other's records.
+Faults are timed by progress (answered ids), not by the clock, so they land mid-run on fast
+and slow machines alike. What each scenario promises, and how it is measured:
 
 * kill       SIGKILL the only replica at `kills` random moments, restart it at once.
 * broker     stop the broker cleanly, restart it; later SIGKILL it, restart it.
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moderator import kafka
 from moderator.chaos.checker import Checker, Tally
-from moderator.chaos.fleet import Fleet
-from moderator.chaos.imageserver import ImageServer
-from moderator.chaos.stack import Stack
 from moderator.chaos.workload import VERDICT, Event, Workload, inline_workload, produce
+from moderator.harness.fleet import Fleet, kafka_env
+from moderator.harness.imageserver import ImageServer
+from moderator.harness.stack import Stack
+from moderator.harness.topics import Topics
 from moderator.pipeline.acquire.fetch import FetchPolicy
 from moderator.pipeline.events import json_event
 from moderator.settings import KafkaSettings
@@ -59,13 +59,7 @@ def serve_env(
     bootstrap: str, redis_url: str, topics: dict[str, str], group: str, **extra: str
 ) -> dict[str, str]:
     """The MODERATOR_* environment of a scenario's `moderator serve` replicas."""
-    env = {
-        "MODERATOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "MODERATOR_KAFKA__GROUP_ID": group,
-        "MODERATOR_KAFKA__INPUT_TOPIC": topics["input"],
-        "MODERATOR_KAFKA__VERDICT_TOPIC": topics["verdicts"],
-        "MODERATOR_KAFKA__DLQ_TOPIC": topics["dlq"],
-        "MODERATOR_KAFKA__CREATE_TOPICS": "false",
+    env = kafka_env(bootstrap, topics, group) | {
         "MODERATOR_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
         "MODERATOR_KAFKA__MAX_POLL_RECORDS": str(MAX_POLL_RECORDS),
         "MODERATOR_REDIS__URL": redis_url,
@@ -199,14 +193,13 @@ class Context:
     timeout_s: float | None = None  # per scenario; default from the event count
 
 
-async def _topics(bootstrap: str, name: str) -> dict[str, str]:
-    suffix = f"{name}-{uuid.uuid4().hex[:8]}"
-    topics = {"input": f"chaos.{suffix}.in", "verdicts": f"chaos.{suffix}.verdicts"}
-    topics["dlq"] = f"chaos.{suffix}.dlq"
-    for key, partitions in (("input", INPUT_PARTITIONS), ("verdicts", 3), ("dlq", 1)):
-        settings = KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=partitions)
-        await kafka.ensure_topics(settings, [topics[key]])
-    return topics
+async def _topics(settings: KafkaSettings, name: str) -> dict[str, str]:
+    fresh = Topics(settings, f"chaos.{name}-{uuid.uuid4().hex[:8]}.")
+    return {
+        "input": await fresh.make("in", partitions=INPUT_PARTITIONS),
+        "verdicts": await fresh.make("verdicts", partitions=3),
+        "dlq": await fresh.make("dlq", partitions=1),
+    }
 
 
 async def run_scenario(
@@ -226,7 +219,7 @@ async def run_scenario(
     `faults`, tally. With `send`, `work`'s ids are input positions ("partition:offset")."""
     stack = ctx.stack
     settings = KafkaSettings(bootstrap_servers=stack.bootstrap)
-    topics = await _topics(stack.bootstrap, name)
+    topics = await _topics(settings, name)
     group = f"chaos-{name}-{uuid.uuid4().hex[:8]}"
     log_dir = ctx.work_dir / name
     environment = serve_env(stack.bootstrap, stack.redis_url, topics, group, **(env or {}))

@@ -1,8 +1,8 @@
-"""A misbehaving image host on 127.0.0.1, for URL events under test.
+"""An image host on 127.0.0.1, well-behaved or not, for URL events under test and benchmarks.
 
 Routes (the rest of the path is free, so every event can have its own URL):
 
-    /img/NAME        the bytes registered under NAME (image/jpeg), or 404
+    /img/NAME        the bytes registered under NAME (typed by NAME's extension), or 404
     /hole/...        accepts, reads the request, never answers (until the client gives up)
     /trickle/...     a 200 with a large Content-Length, then one byte every 0.25 s (slowloris)
     /status/CODE/... an empty response with that status
@@ -13,21 +13,30 @@ Routes (the rest of the path is free, so every event can have its own URL):
 
 The service only fetches from here with MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE=true (tests
 only: the SSRF guard refuses loopback by default). Handlers run in threads, so a black hole
-ties up a thread, never the test's event loop.
+ties up a thread, never the test's event loop. `ImageServerProcess` runs one in a process
+of its own (`python -m moderator.harness.imageserver FOLDER PORT`), for a benchmark whose
+own process must spend no CPU on serving images.
 """
 
 from __future__ import annotations
 
 import gzip
+import mimetypes
 import select
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import parse_qs, urlsplit
+
+from moderator.harness.fleet import child_env
+from moderator.harness.ports import free_port, wait_accepting
 
 _TRICKLE_INTERVAL_S = 0.25
 _TRICKLE_LENGTH = 100_000
@@ -46,10 +55,14 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+def _image_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "image/jpeg"
+
+
 class ImageServer:
     """Serves registered images and the hostile routes above; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.images: dict[str, bytes] = {}
         self.hits: Counter[str] = Counter()  # requests per first path segment
         self._lock = threading.Lock()
@@ -65,7 +78,7 @@ class ImageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # one line per request would drown the test output
 
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -98,7 +111,7 @@ class ImageServer:
             self.hits[head] += 1
         try:
             if head == "img" and len(segments) > 1 and segments[1] in self.images:
-                self._send(handler, 200, self.images[segments[1]], "image/jpeg")
+                self._send(handler, 200, self.images[segments[1]], _image_type(segments[1]))
             elif head == "hole":
                 self._hold(handler)
             elif head == "trickle":
@@ -113,7 +126,8 @@ class ImageServer:
                 self._send(handler, 302, b"", "text/plain", {"Location": f"/loop/{n + 1}"})
             elif head == "gzip" and len(segments) > 1 and segments[1] in self.images:
                 body = gzip.compress(self.images[segments[1]])
-                self._send(handler, 200, body, "image/jpeg", {"Content-Encoding": "gzip"})
+                encoding = {"Content-Encoding": "gzip"}
+                self._send(handler, 200, body, _image_type(segments[1]), encoding)
             elif head == "huge":
                 handler.send_response(200)
                 handler.send_header("Content-Type", "image/jpeg")
@@ -163,3 +177,42 @@ class ImageServer:
             handler.wfile.write(b"\0")
             handler.wfile.flush()
         handler.close_connection = True
+
+
+class ImageServerProcess:
+    """`images` (name → bytes, written to `folder`) served as /img/NAME by an `ImageServer` in
+    a process of its own, so that serving them costs the caller's process nothing."""
+
+    def __init__(self, images: Mapping[str, bytes], folder: Path) -> None:
+        for name, data in images.items():
+            (folder / name).write_bytes(data)
+        self.port = free_port()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moderator.harness.imageserver", str(folder), str(self.port)],
+            env=child_env({}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_accepting(self.port, 10.0, "the local image server")
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/img/{name}"
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def serve_folder(folder: Path, port: int) -> None:
+    """Serve every file in `folder` as /img/NAME on `port` until the process is killed."""
+    with ImageServer(port) as server:
+        server.images.update({p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    serve_folder(Path(sys.argv[1]), int(sys.argv[2]))

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,26 +20,9 @@ from pathlib import Path
 
 from moderator.errors import ConfigError
 
-# The chaos package drives a checkout: the script lives next to the package, not inside it.
+# Stacks run from a checkout: the script lives next to the package, not inside it.
 SERVICES_SH = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 _SCRIPT_TIMEOUT_S = 300  # a cold broker on a loaded 2-core runner, plus the state lock wait
-
-
-def free_port_block(count: int, start: int = 19100, stop: int = 19900) -> int:
-    """The first port P in [start, stop) such that P .. P+count-1 all accept a bind."""
-    for base in range(start, stop, count):
-        if all(_bindable(base + k) for k in range(count)):
-            return base
-    raise ConfigError(f"no {count} consecutive free ports in {start}-{stop}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from moderator.chaos.scenarios import Context
-from moderator.chaos.stack import Stack, free_port_block
 from moderator.errors import ConfigError
+from moderator.harness.ports import free_port_block
+from moderator.harness.stack import Stack
 
 
 @pytest.fixture(scope="session")
