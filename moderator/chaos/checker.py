@@ -16,14 +16,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
 from moderator import kafka
 from moderator.chaos.workload import ANSWERED, VERDICT
+from moderator.errors import KafkaFailed
 from moderator.settings import KafkaSettings
 
-_POLL_MS = 200
+_POLL_S = 0.2
 _RETRY_S = 0.5  # between polls that failed because the broker is away
 
 
@@ -78,7 +76,7 @@ class Checker:
         self.answers: dict[str, list[Answer]] = {}
         self._first: list[float] = []  # monotonic time of each id's first answer
         self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: kafka.Reader | None = None
         self._changed = asyncio.Event()
 
     @property
@@ -86,12 +84,12 @@ class Checker:
         return len(self.answers)
 
     async def start(self) -> None:
-        consumer = await kafka.open_reader(self._settings, [self._verdict_topic, self._dlq_topic])
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._read(consumer), name="chaos-checker")
+        reader = await kafka.open_reader(self._settings, [self._verdict_topic, self._dlq_topic])
+        self._reader = reader
+        self._task = asyncio.create_task(self._read(reader), name="chaos-checker")
 
     async def stop(self) -> None:
-        await kafka.close_reader(self._task, self._consumer)
+        await kafka.close_reader(self._task, self._reader)
 
     async def wait_for(self, count: int, timeout_s: float) -> bool:
         """True once `count` distinct ids are answered; False at the timeout."""
@@ -118,35 +116,34 @@ class Checker:
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # re-raises what stopped the reader
 
-    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+    async def _read(self, reader: kafka.Reader) -> None:
         while True:
             try:
-                batches = await consumer.getmany(timeout_ms=_POLL_MS)
-            except KafkaError:
+                records = await reader.poll(_POLL_S)
+            except KafkaFailed:
                 await asyncio.sleep(_RETRY_S)
                 continue
             now = time.monotonic()
-            for tp, records in batches.items():
-                for record in records:
-                    key = (record.key or b"").decode("utf-8", "replace")
-                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-                    if self._by_position:
-                        where = ("x-original-partition", "x-original-offset")
-                        key = ":".join(headers.get(name, "?") for name in where)
-                    if tp.topic == self._verdict_topic:
-                        answer = Answer(VERDICT, _decision(record.value), now)
-                    else:
-                        answer = Answer(
-                            f"dlq:{headers.get('x-error-reason', '?')}",
-                            headers.get("x-error-detail", ""),
-                            now,
-                            int(headers.get("x-attempts", "0") or 0),
-                        )
-                    copies = self.answers.setdefault(key, [])
-                    if not copies:
-                        self._first.append(now)
-                    copies.append(answer)
-            if batches:
+            for record in records:
+                key = (record.key or b"").decode("utf-8", "replace")
+                headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+                if self._by_position:
+                    where = ("x-original-partition", "x-original-offset")
+                    key = ":".join(headers.get(name, "?") for name in where)
+                if record.topic == self._verdict_topic:
+                    answer = Answer(VERDICT, _decision(record.value), now)
+                else:
+                    answer = Answer(
+                        f"dlq:{headers.get('x-error-reason', '?')}",
+                        headers.get("x-error-detail", ""),
+                        now,
+                        int(headers.get("x-attempts", "0") or 0),
+                    )
+                copies = self.answers.setdefault(key, [])
+                if not copies:
+                    self._first.append(now)
+                copies.append(answer)
+            if records:
                 self._changed.set()
 
     def tally(self, expected: Mapping[str, str]) -> Tally:

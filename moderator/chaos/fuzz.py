@@ -1,7 +1,7 @@
 """Random and mutated Kafka records: the fuzz scenario's input (and the integration fuzz test's).
 
 Each record is (key, value, headers) with header names as raw bytes, so that names which are
-not UTF-8 can be sent (`moderator.chaos.rawrecords`). The kinds mix pure noise with mutations
+not UTF-8 can be sent (`moderator.kafka.raw`). The kinds mix pure noise with mutations
 of valid JSON events and CloudEvents, where most of a parser's interesting paths are.
 Deterministic for a given seed.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from moderator.chaos.rawrecords import RawRecord
+from moderator.kafka.raw import RawRecord
 
 _HEADER_NAMES = [
     b"ce_specversion",

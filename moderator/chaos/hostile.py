@@ -18,11 +18,10 @@ import os
 import signal
 from pathlib import Path
 
-from moderator import kafka
 from moderator.chaos.fuzz import records as fuzz_records
-from moderator.chaos.rawrecords import RawRecord, send_raw
 from moderator.chaos.scenarios import INPUT_PARTITIONS, Context, Result, Run, run_id, run_scenario
 from moderator.chaos.workload import ANSWERED, Event, Workload, inline_workload
+from moderator.kafka.raw import RawProducer, RawRecord
 from moderator.settings import KafkaSettings
 
 _FUZZ_BATCH = 50  # records per raw batch: one partition each, round robin
@@ -65,11 +64,11 @@ async def fuzz(ctx: Context, records: int) -> Result:
             next_offset[partition] += 1
 
     async def send(settings: KafkaSettings, topic: str) -> None:
-        producer = kafka.make_producer(settings, enable_idempotence=False)
+        producer = RawProducer(settings)
         await producer.start()
         try:
             for partition, chunk in batches:
-                await send_raw(producer, topic, partition, chunk)
+                await producer.send(topic, partition, chunk)
         finally:
             await producer.stop()
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from moderator import kafka
 from moderator.demo.shapes import combos, render
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, PublishFailed
 from moderator.pipeline.events import json_event
 from moderator.settings import KafkaSettings
 
@@ -31,7 +29,7 @@ _JPEG_QUALITY = 85
 BROKEN_EVERY = 100  # one event in this many is malformed on purpose
 # A JPEG cut after its header: Pillow reads the header, then fails on the missing scan data.
 _TRUNCATE_AT = 200
-_SEND_ROUNDS = 5  # a send fails only after aiokafka's own retries (request timeout, 40 s)
+_SEND_ROUNDS = 5  # a send fails only after the client's own retries (request timeout, 40 s)
 _RETRY_PAUSE_S = 2.0
 
 
@@ -106,7 +104,7 @@ async def produce(
     With `rate`, events are spread at that many per second (a stream that lasts through the
     faults) instead of sent at once (a backlog).
     """
-    producer = kafka.make_producer(settings)
+    producer = kafka.Producer(settings)
     await producer.start()
     try:
         loop = asyncio.get_running_loop()
@@ -130,19 +128,18 @@ async def produce(
         await producer.stop()
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, event: Event) -> asyncio.Future[Any] | None:
+async def _send(producer: kafka.Producer, topic: str, event: Event) -> Awaitable[None] | None:
     try:
-        sent: asyncio.Future[Any] = await producer.send(topic, event.value, key=event.id.encode())
-    except KafkaError:
+        return await producer.send(topic, event.value, key=event.id.encode())
+    except PublishFailed:
         return None
-    return sent
 
 
-async def _acked(sent: asyncio.Future[Any] | None) -> bool:
+async def _acked(sent: Awaitable[None] | None) -> bool:
     if sent is None:
         return False
     try:
         await sent
-    except KafkaError:
+    except PublishFailed:
         return False
     return True

@@ -1,10 +1,12 @@
-"""Sending records that well-behaved clients cannot write: header names of any bytes.
+"""Sending records that well-behaved clients cannot write: header names of any bytes. A tool for
+tests and the fault suite, never used by `serve`.
 
 aiokafka's producer takes header names as `str` and encodes them as UTF-8, so it can never send
 what a non-Python producer may: a header name that is not UTF-8. The hostile corpus and the
 fuzz scenario need exactly that. `send_raw` builds the record batch with aiokafka's pure-Python
 batch writer, handing it `RawName`s (a `str` whose `encode()` returns the chosen bytes), and
-submits it through the producer's public `send_batch`. For tests and fault injection only.
+submits it through the producer's public `send_batch`. `RawProducer` does the same from
+`KafkaSettings`, with aiokafka's errors translated like every other client here.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-__all__ = ["RawName", "RawRecord", "python_writer", "send_raw"]
+from moderator.errors import PublishFailed
+from moderator.kafka.producer import make_producer
+from moderator.settings import KafkaSettings
+
+__all__ = ["RawName", "RawProducer", "RawRecord", "python_writer", "send_raw"]
 
 RawRecord = tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]
+"""(key, value, headers), header names as raw bytes."""
 
 
 class RawName(str):
@@ -67,3 +75,37 @@ async def send_raw(
             raise ValueError("records do not fit one batch")
     metadata = await (await producer.send_batch(batch, topic, partition=partition))
     return int(metadata.offset)
+
+
+class RawProducer:
+    """A producer of raw batches (`send_raw`), built from `KafkaSettings`; not idempotent,
+    since raw batches carry no producer id. Failures raise `PublishFailed`."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._producer = make_producer(settings, enable_idempotence=False)
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise PublishFailed(f"cannot start a producer: {type(exc).__name__}: {exc}") from exc
+
+    async def send(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[RawRecord],
+        *,
+        compression: int = 0,
+    ) -> int:
+        """`send_raw` through this producer; returns the first record's offset."""
+        try:
+            return await send_raw(
+                self._producer, topic, partition, records, compression=compression
+            )
+        except KafkaError as exc:
+            raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc
+
+    async def stop(self) -> None:
+        await self._producer.stop()
