@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from moderator.bench.e2e import (
-    _batch_stages,
-    _latency_by_second,
-    _loop_lag,
-    _Pool,
-    _slow_event_stages,
-    percentile,
+from moderator.bench.e2e import percentile
+from moderator.bench.e2e.load import Pool
+from moderator.bench.e2e.measures import (
+    batch_stages,
+    latency_by_second,
+    loop_lag,
+    slow_event_stages,
 )
 from moderator.bench.images import bench_images
 from moderator.pipeline.events import parse_event
@@ -22,7 +22,7 @@ from moderator.pipeline.events import parse_event
 
 def test_bench_events_are_events_the_service_accepts() -> None:
     images = bench_images(2, seed=3, width=64, height=48, png_fraction=0.5)
-    pool = _Pool(
+    pool = Pool(
         [base64.b64encode(i.data) for i in images],
         [b"http://127.0.0.1:1/0.jpg", b"http://127.0.0.1:1/1.png"],
         url_fraction=0.25,
@@ -60,11 +60,11 @@ def test_slow_events_stages_show_where_the_tail_waits() -> None:
     timings = {f"e{i}": {"queue": 2.0, "total": 10.0} for i in range(17)}
     timings |= {"late": {"queue": 2.0, "total": 10.0}}
     timings |= {"s1": {"queue": 990.0, "total": 1000.0}, "s2": {"queue": 1010.0, "total": 1020.0}}
-    out = _slow_event_stages(latency, timings | {"unanswered": {"total": 1.0}})
+    out = slow_event_stages(latency, timings | {"unanswered": {"total": 1.0}})
     assert out["stage_p50_ms"] == {"outside": 10.0, "queue": 2.0, "total": 10.0}
     slow = out["slowest_tenth_stage_p50_ms"]  # the tenth at or over the 90th percentile
     assert slow == {"outside": 10.0, "queue": 1000.0, "total": 1010.0}
-    assert _slow_event_stages(latency, {}) == {}  # the peer's verdicts carry no timings
+    assert slow_event_stages(latency, {}) == {}  # the peer's verdicts carry no timings
 
 
 def test_batch_stages_sum_the_replicas_histograms() -> None:
@@ -79,17 +79,17 @@ def test_batch_stages_sum_the_replicas_histograms() -> None:
             metrics.stage_seconds.labels("gpu_decode").observe(seconds)
         metrics.stage_seconds.labels("score").observe(0.001)  # per event: not a batch stage
         texts.append(generate_latest(metrics.registry).decode())
-    stages = _batch_stages([*texts, ""])  # a replica that did not answer
+    stages = batch_stages([*texts, ""])  # a replica that did not answer
     assert set(stages["batch_stage_ms"]) == {"gpu_decode"}
     decode = stages["batch_stage_ms"]["gpu_decode"]
     assert decode["batches"] == 200
     assert decode["mean_ms"] == round(1000 * (199 * 0.004 + 0.8) / 200, 2)
     assert decode["p99_le_ms"] == 5.0  # 199 of 200 in the 5 ms bucket
     assert decode["max_le_ms"] == 1000.0  # the 0.8 s batch
-    assert _batch_stages([]) == {}
+    assert batch_stages([]) == {}
     slow = Metrics()
     slow.stage_seconds.labels("gpu_wait").observe(45.0)  # past the last bucket bound
-    waited = _batch_stages([generate_latest(slow.registry).decode()])["batch_stage_ms"]
+    waited = batch_stages([generate_latest(slow.registry).decode()])["batch_stage_ms"]
     assert waited == {
         "gpu_wait": {"batches": 1, "mean_ms": 45000.0, "p99_le_ms": None, "max_le_ms": None}
     }
@@ -107,12 +107,12 @@ def test_loop_lag_sums_the_replicas_samples() -> None:
             metrics.loop_lag.observe(seconds)
         metrics.stage_seconds.labels("gpu_decode").observe(0.004)  # another histogram
         texts.append(generate_latest(metrics.registry).decode())
-    lag = _loop_lag(texts)["loop_lag_ms"]
+    lag = loop_lag(texts)["loop_lag_ms"]
     assert lag["samples"] == 200
     assert lag["mean_ms"] == round(1000 * (199 * 0.0002 + 0.3) / 200, 2)
     assert lag["p99_le_ms"] == 1.0  # 199 of 200 in the first bucket
     assert lag["max_le_ms"] == 500.0
-    assert _loop_lag(["", "no metrics here"]) == {}
+    assert loop_lag(["", "no metrics here"]) == {}
 
 
 def test_latency_by_second_shows_a_stall_as_its_own_second() -> None:
@@ -121,9 +121,9 @@ def test_latency_by_second_shows_a_stall_as_its_own_second() -> None:
     for i in range(10, 15):  # half of the second second waited behind a stall
         answered[f"e{i}"] = sent[f"e{i}"] + 900
     del answered["e29"]  # unanswered: counted nowhere
-    rows = _latency_by_second(sent, answered)["latency_by_second"]
+    rows = latency_by_second(sent, answered)["latency_by_second"]
     assert [row["second"] for row in rows] == [0, 1, 2]
     assert [row["answered"] for row in rows] == [10, 10, 9]
     assert [row["max_ms"] for row in rows] == [20.0, 900.0, 20.0]
     assert rows[1]["p50_ms"] == 460.0  # five at 20 ms, five at 900 ms
-    assert _latency_by_second({}, {}) == {}
+    assert latency_by_second({}, {}) == {}

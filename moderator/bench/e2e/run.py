@@ -1,0 +1,251 @@
+"""`run_e2e_bench`: the phases in order (see the package doc), on fresh topics, then the report."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from moderator.bench.e2e.answers import Collector
+from moderator.bench.e2e.load import Pool, run_producers
+from moderator.bench.e2e.measures import batch_mean, scrape, stage_medians
+from moderator.bench.e2e.options import (
+    MAX_RECORD_BYTES,
+    E2EOptions,
+    Progress,
+    default_events,
+    default_policy,
+    stderr,
+)
+from moderator.bench.e2e.phases import Phase, half_phase, max_phase
+from moderator.bench.e2e.summary import COLUMNS, summarize
+from moderator.bench.e2e.systems import start_naive, start_ours
+from moderator.bench.images import bench_images
+from moderator.bench.model import resolve_bench_model
+from moderator.bench.report import Report
+from moderator.errors import ConfigError
+from moderator.harness.fleet import Fleet
+from moderator.harness.imageserver import ImageServerProcess
+from moderator.harness.topics import Topics
+from moderator.settings import KafkaSettings
+
+
+async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report:
+    """Run the phases (see the package doc) and report; `ratio` = ours ÷ naive at max load."""
+    events = opts.events or default_events(opts.model)
+    if events < 1 or opts.unique < 1 or opts.duration <= 0:
+        raise ConfigError("--events and --unique must be >= 1 and --duration > 0")
+    precision = opts.precision
+    if precision == "auto":
+        from moderator.bench.model import auto_precision
+
+        precision = auto_precision(opts.providers)
+    bench_model = resolve_bench_model(
+        opts.model,
+        precision=precision,
+        peer_model=opts.peer_model,
+        progress=progress,
+        peer=opts.peer is not None,
+    )
+    policy = opts.policy or default_policy(opts.model)
+    report = Report("e2e", COLUMNS)
+    report.config = {
+        "model": opts.model,
+        "onnx_dir": str(bench_model.onnx_dir),
+        "peer_checkpoint": str(bench_model.hf_dir) if bench_model.hf_dir else None,
+        "policy": str(policy),
+        "events": events,
+        "unique_images": opts.unique,
+        "png_fraction": opts.png_fraction,
+        "url_fraction": opts.url_fraction,
+        "partitions": opts.partitions,
+        "producers": opts.producers,
+        "half_load_seconds": opts.duration,
+        "peer": opts.peer,
+        "peer_batch": opts.peer_batch,
+        "peer_threads": opts.peer_threads or None,
+        "broker": opts.broker,
+        "redis": False,
+        "service_env": opts.service_env,
+        "replicas": opts.replicas,
+        "replica_devices": list(opts.replica_devices) or None,
+        "precision": precision,
+    }
+    peer_dir = bench_model.hf_dir if opts.peer else None
+    if opts.peer and peer_dir is None:
+        why = f"; {bench_model.note}" if bench_model.note else ""
+        report.notes.append(
+            f"naive peer skipped: no PyTorch checkpoint for {opts.model!r} "
+            f"(pass --peer-model DIR){why}"
+        )
+    progress(f"generating {opts.unique} photo-like 1024x768 images")
+    images = bench_images(opts.unique, seed=opts.seed, png_fraction=opts.png_fraction)
+    report.config["image_bytes_mean"] = int(np.mean([len(i.data) for i in images]))
+    inline = [base64.b64encode(i.data) for i in images]
+    names = [f"{i}.{'jpg' if image.format == 'JPEG' else 'png'}" for i, image in enumerate(images)]
+    settings = KafkaSettings(bootstrap_servers=opts.broker)
+    topics = Topics(settings, f"moderator-bench-{uuid.uuid4().hex[:8]}-")
+    phases: list[Phase] = []
+    with tempfile.TemporaryDirectory(prefix="moderator-bench-") as tmp:
+        folder = Path(tmp)
+        server = None
+        if opts.url_fraction > 0:
+            (folder / "images").mkdir()
+            served = {name: image.data for name, image in zip(names, images, strict=True)}
+            server = ImageServerProcess(served, folder / "images")
+        urls = [server.url(name).encode() for name in names] if server else []
+        pool = Pool(inline, urls, opts.url_fraction)
+        try:
+            phases = await _phases(
+                opts,
+                events,
+                bench_model.onnx_dir,
+                peer_dir,
+                policy,
+                pool,
+                topics,
+                folder,
+                report,
+                progress,
+            )
+        finally:
+            if server is not None:
+                server.stop()
+            if not opts.keep_topics:
+                with contextlib.suppress(Exception):
+                    await topics.delete()
+    summarize(report, phases, opts)
+    report.finish()
+    return report
+
+
+async def _topic_group(topics: Topics, label: str, partitions: int) -> dict[str, str]:
+    """A phase's input, verdict and DLQ topics; input and DLQ take records over 1 MB."""
+    return {
+        "input": await topics.make(
+            f"{label}-in", partitions=partitions, max_message_bytes=MAX_RECORD_BYTES
+        ),
+        "verdicts": await topics.make(f"{label}-verdicts", partitions=partitions),
+        "dlq": await topics.make(
+            f"{label}-dlq", partitions=partitions, max_message_bytes=MAX_RECORD_BYTES
+        ),
+    }
+
+
+async def _phases(
+    opts: E2EOptions,
+    events: int,
+    onnx_dir: Path,
+    peer_dir: Path | None,
+    policy: Path,
+    pool: Pool,
+    topics: Topics,
+    folder: Path,
+    report: Report,
+    progress: Progress,
+) -> list[Phase]:
+    phases: list[Phase] = []
+    shared = await _topic_group(topics, "max", opts.partitions)
+    progress(f"preloading {events} events into {shared['input']}")
+    preload = await asyncio.to_thread(
+        run_producers,
+        opts.broker,
+        shared["input"],
+        pool,
+        "max",
+        workers=opts.producers,
+        count=events,
+    )
+    report.config["preload_seconds"] = round(preload.seconds, 2)
+
+    # 1. ours at max load
+    collector = Collector(opts.broker, shared["verdicts"], shared["dlq"], parse=True)
+    try:
+        phase, system = await max_phase(
+            "ours",
+            lambda: start_ours(
+                opts,
+                onnx_dir,
+                policy,
+                shared,
+                f"bench-ours-{uuid.uuid4().hex[:6]}",
+                folder / "ours-max",
+            ),
+            collector,
+            events,
+            opts.timeout,
+            progress,
+        )
+        metrics = await scrape(system.urls("/metrics"))
+        await system.stop()
+    finally:
+        await collector.stop()
+    phase.extra |= {
+        "mean_batch": batch_mean(metrics),
+        "stage_p50_ms": stage_medians(collector.timings),
+        "decisions": collector.decisions,
+    }
+    phases.append(phase)
+    progress(f"ours: {phase.rate:.1f} verdicts/s")
+
+    # 2. the naive peer at max load, same events
+    if peer_dir is not None:
+        verdicts = await topics.make("naive-verdicts", partitions=opts.partitions)
+        naive_topics = shared | {"verdicts": verdicts}
+        collector = Collector(opts.broker, naive_topics["verdicts"], None, parse=True)
+        try:
+            phase, system = await max_phase(
+                "naive",
+                lambda: start_naive(
+                    opts,
+                    peer_dir,
+                    policy,
+                    naive_topics,
+                    f"bench-naive-{uuid.uuid4().hex[:6]}",
+                    folder / "naive-max",
+                ),
+                collector,
+                events,
+                opts.timeout,
+                progress,
+            )
+            await system.stop()
+        finally:
+            await collector.stop()
+        phase.extra |= {"decisions": collector.decisions}
+        phases.append(phase)
+        progress(f"naive: {phase.rate:.1f} verdicts/s")
+
+    # 3. half load: latency
+    for p in list(phases):
+        if p.load != "max" or (p.system == "naive" and not opts.peer_latency):
+            continue
+        half = await _topic_group(topics, f"half-{p.system}", opts.partitions)
+        # Ours' verdicts are parsed for their stage timings (`slow_event_stages`).
+        collector = Collector(opts.broker, half["verdicts"], half["dlq"], parse=p.system == "ours")
+        group = f"bench-{p.system}-half-{uuid.uuid4().hex[:6]}"
+        logs = folder / f"{p.system}-half"
+        if p.system == "ours":
+
+            async def start(h: dict[str, str] = half, g: str = group, lg: Path = logs) -> Fleet:
+                return await start_ours(opts, onnx_dir, policy, h, g, lg)
+        else:
+            assert peer_dir is not None
+
+            async def start(h: dict[str, str] = half, g: str = group, lg: Path = logs) -> Fleet:
+                return await start_naive(opts, peer_dir, policy, h, g, lg)
+
+        try:
+            phases.append(
+                await half_phase(
+                    p.system, start, collector, opts, pool, half["input"], p.rate / 2, progress
+                )
+            )
+        finally:
+            await collector.stop()
+    return phases
