@@ -1,7 +1,12 @@
-"""`serve` never imports the export wing: torch and transformers stay out of the service."""
+"""Import boundaries: `serve` never imports the export wing (torch and transformers stay out of
+the service), and only the Kafka package knows aiokafka."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import moderator
 
 
 def test_service_imports_neither_torch_nor_transformers() -> None:
@@ -12,3 +17,33 @@ def test_service_imports_neither_torch_nor_transformers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _imported(path: Path) -> set[str]:
+    """The top-level packages a module imports (absolute imports, anywhere in it)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_kafka_package_imports_aiokafka() -> None:
+    package = Path(moderator.__file__).parent
+    allowed = {
+        # The naive peer of `bench e2e` is written the way an outsider would write it, with
+        # aiokafka directly: it is what ours is measured against, not part of ours.
+        package / "bench" / "naive.py",
+        # Until `moderator.kafka` can give a new topic its configs and delete topics.
+        package / "harness" / "topics.py",
+    }
+    offenders = [
+        str(path.relative_to(package.parent))
+        for path in sorted(package.rglob("*.py"))
+        if not path.is_relative_to(package / "kafka")
+        and path not in allowed
+        and "aiokafka" in _imported(path)
+    ]
+    assert offenders == []
