@@ -145,7 +145,7 @@ def render(results: Sequence[Result], command: str, events: int) -> str:
         "  `services.sh up kafka` on the same data directory (topics and committed offsets",
         "  survive); `services.sh down redis` / `up redis` (it comes back empty) and a",
         "  SIGSTOP/SIGCONT freeze; scaling 1 → 3 → 1 replicas; URLs to a local server",
-        "  (`moderator/chaos/imageserver.py`) that never answers or trickles 4 bytes/s. The",
+        "  (`moderator/harness/imageserver.py`) that never answers or trickles 4 bytes/s. The",
         "  slow-fetch service runs with `MODERATOR_PIPELINE__FETCH_ALLOW_PRIVATE=true`, needed",
         "  for a loopback image server and meant for tests only.",
         "* **Hostile** (`moderator/chaos/hostile.py`): decode-kill SIGKILLs one decode process",
