@@ -68,7 +68,7 @@ async def fuzz(ctx: Context, records: int) -> Result:
         await producer.start()
         try:
             for partition, chunk in batches:
-                await producer.send(topic, partition, chunk)
+                await producer.send_batch(topic, partition, chunk)
         finally:
             await producer.stop()
 

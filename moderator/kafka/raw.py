@@ -5,8 +5,8 @@ aiokafka's producer takes header names as `str` and encodes them as UTF-8, so it
 what a non-Python producer may: a header name that is not UTF-8. The hostile corpus and the
 fuzz scenario need exactly that. `send_raw` builds the record batch with aiokafka's pure-Python
 batch writer, handing it `RawName`s (a `str` whose `encode()` returns the chosen bytes), and
-submits it through the producer's public `send_batch`. `RawProducer` does the same from
-`KafkaSettings`, with aiokafka's errors translated like every other client here.
+submits it through the producer's public `send_batch`. `RawProducer` is a `Producer` that
+does the same, with aiokafka's errors translated like every other client here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
 from moderator.errors import PublishFailed
-from moderator.kafka.producer import make_producer
+from moderator.kafka.producer import Producer
 from moderator.settings import KafkaSettings
 
 __all__ = ["RawName", "RawProducer", "RawRecord", "python_writer", "send_raw"]
@@ -77,21 +77,14 @@ async def send_raw(
     return int(metadata.offset)
 
 
-class RawProducer:
-    """A producer of raw batches (`send_raw`), built from `KafkaSettings`; not idempotent,
-    since raw batches carry no producer id. Failures raise `PublishFailed`."""
+class RawProducer(Producer):
+    """A `Producer` that also sends raw batches (`send_batch`). Not idempotent, since raw
+    batches carry no producer id; failures raise `PublishFailed`."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self._producer = make_producer(settings, enable_idempotence=False)
+        super().__init__(settings, enable_idempotence=False)
 
-    async def start(self) -> None:
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise PublishFailed(f"cannot start a producer: {type(exc).__name__}: {exc}") from exc
-
-    async def send(
+    async def send_batch(
         self,
         topic: str,
         partition: int,
@@ -106,6 +99,3 @@ class RawProducer:
             )
         except KafkaError as exc:
             raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc
-
-    async def stop(self) -> None:
-        await self._producer.stop()
