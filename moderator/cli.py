@@ -13,8 +13,8 @@ import typer
 
 from moderator import __version__
 from moderator.bench.cli import app as bench_app  # its commands import heavy modules lazily
-from moderator.commands.exits import EXIT_CODES, fail
 from moderator.errors import ConfigError, ModeratorError
+from moderator.exits import EXIT_CODES, fail
 from moderator.policy.cli import app as policy_app
 
 app = typer.Typer(

@@ -6,6 +6,7 @@ a later stage names an earlier one's data through these types, never its impleme
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -27,6 +28,13 @@ AttentionKernel = Literal["efficient", "flash", "cudnn", "auto"]
 
 DEFAULT_ATTENTION: AttentionKernel = "efficient"
 """What `serve` and the benches use unless told otherwise (measured: see `load_model`)."""
+
+
+def content_key(data: str | bytes) -> str:
+    """sha256 hex of a text (UTF-8) or of raw image bytes: an image's identity in verdicts,
+    cache keys and the embeddings topic, computed wherever the bytes are first whole."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
 
 
 def buckets(max_batch: int) -> list[int]:

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from moderator.commands.exits import fail
 from moderator.errors import ConfigError, ModeratorError
+from moderator.exits import fail
 from moderator.types import DEFAULT_ATTENTION
 
 app = typer.Typer(

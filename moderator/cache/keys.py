@@ -23,6 +23,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from moderator.pipeline.decode.cpu import PREPROCESS_VERSION, PreprocessSpec
+from moderator.types import content_key
+
+__all__ = [
+    "EmbeddingCache",
+    "content_key",
+    "embedding_problem",
+    "image_namespace",
+    "namespace",
+]
 
 TEXT_KIND = "txt"
 IMAGE_KIND = "img"
@@ -77,9 +86,3 @@ def embedding_problem(vector: NDArray[np.float32], dim: int | None) -> str | Non
         if not abs(norm - 1.0) < UNIT_NORM_TOLERANCE:
             return f"has norm {norm:.4g}, not 1"
     return None
-
-
-def content_key(data: str | bytes) -> str:
-    """sha256 hex of a text (UTF-8) or of raw image bytes."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return hashlib.sha256(raw).hexdigest()

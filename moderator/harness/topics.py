@@ -5,15 +5,7 @@ the end unless kept.
 
 from __future__ import annotations
 
-import contextlib
-
-# Until `moderator.kafka` can give a new topic its configs and delete topics, `_create` and
-# `_delete` use aiokafka's admin client with the adapter's connection options (TLS, SASL).
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
 from moderator import kafka
-from moderator.errors import ConfigError, KafkaFailed
 from moderator.settings import KafkaSettings
 
 
@@ -33,41 +25,12 @@ class Topics:
         once every partition has a leader."""
         name = self.prefix + label
         settings = self.settings.model_copy(update={"topic_partitions": partitions})
-        if max_message_bytes is None:
-            await kafka.ensure_topics(settings, [name])
-        else:
-            await _create(settings, name, {"max.message.bytes": str(max_message_bytes)})
+        configs = {} if max_message_bytes is None else {"max.message.bytes": str(max_message_bytes)}
+        await kafka.ensure_topics(settings, [name], configs=configs)
         self.created.append(name)
         return name
 
     async def delete(self) -> None:
         """Delete every topic this run created."""
         if self.created:
-            await _delete(self.settings, self.created)
-
-
-async def _create(settings: KafkaSettings, name: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
-    try:
-        await admin.start()
-        topic = NewTopic(
-            name, settings.topic_partitions, settings.topic_replication, topic_configs=configs
-        )
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([topic])
-    except KafkaError as exc:
-        raise ConfigError(f"could not create topic {name}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        await admin.close()
-    await kafka.wait_until_ready(settings, [name])
-
-
-async def _delete(settings: KafkaSettings, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(**kafka.client_options(settings))
-    try:
-        await admin.start()
-        await admin.delete_topics(topics)
-    except KafkaError as exc:
-        raise KafkaFailed(f"could not delete {topics}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        await admin.close()
+            await kafka.delete_topics(self.settings, self.created)

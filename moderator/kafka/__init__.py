@@ -10,6 +10,7 @@
 """
 
 from moderator.kafka.admin import (
+    delete_topics,
     ensure_topics,
     max_message_bytes,
     topic_partitions,
@@ -38,6 +39,7 @@ __all__ = [
     "Record",
     "client_options",
     "close_reader",
+    "delete_topics",
     "ensure_topics",
     "make_consumer",
     "make_producer",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,9 +24,11 @@ from moderator.settings import KafkaSettings
 log = get("kafka")
 
 
-async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
-    """Create missing topics and wait for their leaders; returns the ones created. Existing
-    topics are left untouched."""
+async def ensure_topics(
+    settings: KafkaSettings, topics: list[str], *, configs: Mapping[str, str] | None = None
+) -> list[str]:
+    """Create missing topics (with topic `configs`, say max.message.bytes) and wait for their
+    leaders; returns the ones created. Existing topics are left untouched."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
         await admin.start()
@@ -40,7 +43,13 @@ async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             new = [
-                NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in missing
+                NewTopic(
+                    t,
+                    settings.topic_partitions,
+                    settings.topic_replication,
+                    topic_configs=dict(configs or {}),
+                )
+                for t in missing
             ]
             # Another replica may create it between our list and create: that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -50,6 +59,18 @@ async def ensure_topics(settings: KafkaSettings, topics: list[str]) -> list[str]
         return missing
     except KafkaError as exc:
         raise ConfigError(f"could not create topics {topics}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def delete_topics(settings: KafkaSettings, topics: list[str]) -> None:
+    """Delete `topics` (benchmark runs clean up the topics they made)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await admin.start()
+        await admin.delete_topics(topics)
+    except KafkaError as exc:
+        raise KafkaFailed(f"could not delete {topics}: {type(exc).__name__}: {exc}") from exc
     finally:
         await admin.close()
 

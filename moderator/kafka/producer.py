@@ -73,8 +73,10 @@ class Producer:
         key: bytes | None = None,
         headers: Headers = (),
         partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> Awaitable[None]:
-        """Queue one record; await the result for the broker's acknowledgement."""
+        """Queue one record (stamped now, or at `timestamp_ms`); await the result for the
+        broker's acknowledgement."""
         if key is None and value is None:
             value = b""  # aiokafka refuses a record with neither; an empty value is one
         try:
@@ -84,6 +86,7 @@ class Producer:
                 key=key,
                 headers=list(headers),
                 partition=partition,
+                timestamp_ms=timestamp_ms,
             )
         except KafkaError as exc:
             raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc

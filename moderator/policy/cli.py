@@ -18,8 +18,8 @@ import numpy as np
 import typer
 
 from moderator.cache.memory import MemoryEmbeddingCache
-from moderator.commands.exits import fail
 from moderator.errors import ModeratorError, PolicyError
+from moderator.exits import fail
 from moderator.policy.compile import compile_policy
 from moderator.policy.evaluate import (
     ConceptReport,

@@ -53,7 +53,7 @@ class Case:
     # For VERDICT cases: the event id the verdict is keyed by (default: the case name).
     event_id: str | None = None
     copies: int = 1  # duplicate-id cases send the same record more than once
-    # Header names as raw bytes (not UTF-8, say): sent through `chaos.rawrecords`, not aiokafka.
+    # Header names as raw bytes (not UTF-8, say): sent through `kafka.raw`, not aiokafka.
     raw_headers: list[tuple[bytes, bytes | None]] | None = None
     compression: int = 0  # a Kafka codec: the record goes alone in a batch compressed with it
 

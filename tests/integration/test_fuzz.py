@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from moderator import kafka
-from moderator.chaos.fleet import Fleet
 from moderator.chaos.fuzz import records as fuzz_records
-from moderator.chaos.rawrecords import send_raw
 from moderator.chaos.scenarios import serve_env
+from moderator.harness.fleet import Fleet
+from moderator.kafka.raw import send_raw
 from moderator.settings import KafkaSettings
 
 RECORDS = int(os.environ.get("MODERATOR_FUZZ_RECORDS", "3000"))

@@ -32,11 +32,11 @@ from hostile_corpus import (
 from PIL import Image
 
 from moderator import kafka
-from moderator.chaos.fleet import Fleet
-from moderator.chaos.imageserver import ImageServer
-from moderator.chaos.rawrecords import send_raw
 from moderator.chaos.scenarios import serve_env
 from moderator.errors import FetchBlocked
+from moderator.harness.fleet import Fleet
+from moderator.harness.imageserver import ImageServer
+from moderator.kafka.raw import send_raw
 from moderator.pipeline.acquire.fetch import Fetcher, FetchPolicy
 from moderator.settings import KafkaSettings
 

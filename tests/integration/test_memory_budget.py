@@ -22,8 +22,8 @@ from typing import Any
 from PIL import Image
 
 from moderator import kafka
-from moderator.chaos.fleet import Fleet, tree_rss_bytes
 from moderator.chaos.scenarios import serve_env
+from moderator.harness.fleet import Fleet, tree_rss_bytes
 from moderator.settings import KafkaSettings
 
 MAX_IMAGE_BYTES = 4 * 1024 * 1024

@@ -72,8 +72,9 @@ async def _produce(job: _ProduceJob) -> Produced:
         async def send(i: int) -> None:
             event_id = f"{job.prefix}-{i}"
             now_ms = int(time.time() * 1000)
+            value = job.pool.event(i, event_id)
             acks.append(
-                await producer.send(job.topic, job.pool.event(i, event_id), key=event_id.encode())
+                await producer.send(job.topic, value, key=event_id.encode(), timestamp_ms=now_ms)
             )
             ids.append(event_id)
             stamps.append(now_ms)

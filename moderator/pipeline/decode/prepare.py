@@ -25,12 +25,11 @@ from typing import Any, Final
 
 from PIL import Image
 
-from moderator.cache.keys import content_key
 from moderator.errors import ModeratorError
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.pipeline.decode.resize import gpu_eligible
 from moderator.pipeline.events import ImageEvent, parse_event
-from moderator.types import Pixels
+from moderator.types import Pixels, content_key
 
 __all__ = ["Prepared", "prepare_record", "start_pool", "warm_up_worker"]
 

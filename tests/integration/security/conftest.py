@@ -19,8 +19,9 @@ import pytest
 import redis
 from secure_services import REDIS_USER, SecureKafka, SecureRedis
 
-from moderator.chaos.stack import Stack, free_port_block
 from moderator.errors import ConfigError
+from moderator.harness.ports import free_port_block
+from moderator.harness.stack import Stack
 
 
 @pytest.fixture(scope="session")

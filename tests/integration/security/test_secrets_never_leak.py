@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from secure_services import SecureKafka, SecureRedis
 
 from moderator import kafka
-from moderator.chaos.fleet import Fleet, start_serve
 from moderator.chaos.scenarios import REPO_ROOT
 from moderator.chaos.workload import inline_workload
+from moderator.harness.fleet import Fleet, start_serve
 from moderator.settings import KafkaSettings
 
 

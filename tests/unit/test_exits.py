@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from moderator.cli import app
-from moderator.commands.exits import FAILED, USAGE, fail
 from moderator.errors import ConfigError, ModelError, ModeratorError, PolicyError
+from moderator.exits import FAILED, USAGE, fail
 
 runner = CliRunner()
 
