@@ -13,8 +13,8 @@ import typer
 
 from moderator import __version__
 from moderator.bench.cli import app as bench_app  # its commands import heavy modules lazily
-from moderator.errors import ConfigError, ModeratorError
-from moderator.exits import EXIT_CODES, fail
+from moderator.errors import ConfigError
+from moderator.exits import EXIT_CODES, REPORTED, fail
 from moderator.policy.cli import app as policy_app
 
 app = typer.Typer(
@@ -114,7 +114,7 @@ def export(
             optimize=optimize,
             name=name,
         )
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     typer.echo(f"exported {model} to {out}")
 
@@ -126,7 +126,7 @@ def serve(config: ConfigOption = None) -> None:
 
     try:
         code = run_service(config_file=config)
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     raise typer.Exit(code)
 
@@ -144,7 +144,7 @@ def score(
 
     try:
         verdicts = asyncio.run(score_files(images, model=model, policy=policy))
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     for verdict in verdicts:
         typer.echo(json.dumps(verdict))
@@ -171,7 +171,7 @@ def submit(
                 load_settings(config_file=config), images, surface=surface, cloudevents=cloudevents
             )
         )
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     for image, event_id in zip(images, ids, strict=True):
         typer.echo(f"{event_id}\t{image}")
@@ -192,7 +192,7 @@ def tail(
         asyncio.run(
             tail_topic(load_settings(config_file=config), from_beginning, limit, dlq, sys.stdout)
         )
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     except KeyboardInterrupt:
         pass
@@ -216,7 +216,7 @@ def demo(
         loaded.pipeline.fetch_allow_private = True
         configure("WARNING", loaded.log.json_format)
         code = asyncio.run(run_demo(loaded, sys.stdout, inline=inline, by_url=by_url))
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     raise typer.Exit(code)
 

@@ -14,13 +14,15 @@ from typing import Final
 
 import typer
 
-from moderator.errors import ConfigError
+from moderator.errors import ConfigError, KafkaFailed, ModeratorError
 
-__all__ = ["EXIT_CODES", "FAILED", "USAGE", "fail"]
+__all__ = ["EXIT_CODES", "FAILED", "REPORTED", "USAGE", "fail"]
 
 FAILED: Final = 1
 USAGE: Final = 2
 EXIT_CODES: Final = "Exit codes: 0 done, 1 the work failed, 2 bad options or settings."
+REPORTED: Final = (ModeratorError, KafkaFailed)
+"""What a command reports as one error line, not a traceback: its own errors, and Kafka's."""
 
 
 def fail(exc: Exception) -> typer.Exit:

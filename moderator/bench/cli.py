@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from moderator.errors import ConfigError, ModeratorError
-from moderator.exits import fail
+from moderator.errors import ConfigError
+from moderator.exits import REPORTED, fail
 from moderator.types import DEFAULT_ATTENTION
 
 app = typer.Typer(
@@ -114,7 +114,7 @@ def model(
             attention=attention,
             cuda_graphs=cuda_graphs,
         )
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 
@@ -148,7 +148,7 @@ def decode(
             gpu_batch=gpu_batch,
             gpu_processes=gpu_processes,
         )
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 
@@ -246,7 +246,7 @@ def e2e(
             keep_topics=keep_topics,
         )
         report = asyncio.run(run_e2e_bench(options))
-    except ModeratorError as exc:
+    except REPORTED as exc:
         raise fail(exc) from exc
     report.emit(as_json=as_json, out=out)
 

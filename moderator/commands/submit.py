@@ -36,7 +36,7 @@ def build_records(images: list[str], *, surface: str | None, cloudevents: bool) 
 
 async def publish_records(settings: Settings, records: list[Record]) -> None:
     """Send to the input topic and wait for every ack."""
-    producer = kafka.make_producer(settings.kafka)
+    producer = kafka.Producer(settings.kafka)
     await producer.start()
     try:
         sends = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, TextIO
 
 from moderator import kafka
@@ -31,14 +30,8 @@ async def tail_topic(
 ) -> int:
     """Print records as they arrive; returns how many were printed."""
     topic = settings.kafka.dlq_topic if dlq else settings.kafka.verdict_topic
-    # A throwaway group: tailing must never move the service's committed offsets.
-    consumer = kafka.make_consumer(
-        settings.kafka,
-        topic,
-        group_id=f"moderator-tail-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    await consumer.start()
+    # No group: tailing must never move, or join in, the service's committed offsets.
+    reader = await kafka.open_reader(settings.kafka, [topic], from_start=from_beginning)
     printed = 0
     header = (
         f"{'id':<36} {'reason':<20} detail"
@@ -47,19 +40,20 @@ async def tail_topic(
     )
     out.write(header + "\n")
     try:
-        async for record in consumer:
-            if dlq:
-                headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
-                out.write(dlq_row(record.key, headers) + "\n")
-            else:
-                try:
-                    out.write(verdict_row(json.loads(record.value or b"{}")) + "\n")
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    out.write(f"(unreadable record at offset {record.offset})\n")
-            out.flush()
-            printed += 1
-            if limit is not None and printed >= limit:
-                break
+        while limit is None or printed < limit:
+            for record in await reader.poll(0.5):
+                if dlq:
+                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+                    out.write(dlq_row(record.key, headers) + "\n")
+                else:
+                    try:
+                        out.write(verdict_row(json.loads(record.value or b"{}")) + "\n")
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        out.write(f"(unreadable record at offset {record.offset})\n")
+                out.flush()
+                printed += 1
+                if limit is not None and printed >= limit:
+                    break
     finally:
-        await consumer.stop()
+        await reader.close()
     return printed

@@ -3,6 +3,8 @@
 - `client`: how every client connects (servers, TLS, SASL); `admin`: topics, readiness, limits.
 - `consumer`: the group member `serve` consumes with, and group-less readers for tools;
   `producer`: acks=all sends. Both raise `KafkaFailed`/`PublishFailed` for aiokafka's errors.
+  (`make_consumer`/`make_producer` build the raw aiokafka clients inside them, configured the
+  same way, for tests that need the client itself.)
 - `records`: reads fetched record batches that aiokafka's own reader refuses.
 - `offsets` and `commit`: which offsets are finished, and when they are committed.
 - `publish`: verdicts, dead letters and embeddings, sized and acknowledged.

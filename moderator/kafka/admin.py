@@ -24,11 +24,9 @@ from moderator.settings import KafkaSettings
 log = get("kafka")
 
 
-async def ensure_topics(
-    settings: KafkaSettings, topics: list[str], *, configs: Mapping[str, str] | None = None
-) -> list[str]:
-    """Create missing topics (with topic `configs`, say max.message.bytes) and wait for their
-    leaders; returns the ones created. Existing topics are left untouched."""
+async def _started_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    """A started admin client; a cluster it cannot reach is a `ConfigError` naming the
+    settings to check (the first request of a start-up meets a wrong address first)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
         await admin.start()
@@ -38,6 +36,15 @@ async def ensure_topics(
             f"cannot reach Kafka at {settings.bootstrap_servers} ({exc}); check "
             "MODERATOR_KAFKA__BOOTSTRAP_SERVERS and the security settings (protocol, SASL, CA)"
         ) from exc
+    return admin
+
+
+async def ensure_topics(
+    settings: KafkaSettings, topics: list[str], *, configs: Mapping[str, str] | None = None
+) -> list[str]:
+    """Create missing topics (with topic `configs`, say max.message.bytes) and wait for their
+    leaders; returns the ones created. Existing topics are left untouched."""
+    admin = await _started_admin(settings)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -154,8 +161,7 @@ async def max_message_bytes(settings: KafkaSettings, topics: list[str]) -> dict[
     check sizes against this before sending. Kafka's default where the brokers do not say.
     """
     limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
+    admin = await _started_admin(settings)
     try:
         wanted = [
             ConfigResource(ConfigResourceType.TOPIC, t, configs={"max.message.bytes": None})

@@ -15,10 +15,11 @@ A task that raises (a `ServiceFault`: the broker refused a send, inference broke
 loop without finishing its record, so a restart answers it again.
 
 On revoke, what finished in the revoked partitions is committed and the rest is cancelled (the
-next owner redoes it). On stop, `drain` waits for the events in flight until one deadline,
-cancels what is left and commits what finished, after a fatal error too: what finished is
-answered and must not be answered again. A failed commit leaves offsets uncommitted, to be
-committed next round or redone after a rebalance; docs/delivery.md has every case.
+next owner redoes it). On stop, `drain` waits for the events in flight until one deadline
+(after a fatal error it does not wait: the service is broken), cancels what is left, gives the
+cancelled events up to half a second to end, and commits what finished: it is answered and
+must not be answered again. A failed commit leaves offsets uncommitted, to be committed next
+round or redone after a rebalance; docs/delivery.md has every case.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ COMMIT_INTERVAL_S = 1.0  # with max_poll_records finished events, bounds re-deli
 LAG_INTERVAL_S = 5.0
 _POLL_S = 0.1
 _POLL_RETRY_S = 0.5  # after a failed poll: the client reconnects on its own meanwhile
-_CANCEL_WAIT_S = 1.0  # abandoned events stop at their next await; a shielded decode ends later
+_CANCEL_WAIT_S = 0.5  # abandoned events stop at their next await; a shielded decode ends later
 
 Handler = Callable[[Record, Hold], Awaitable[None]]
 
@@ -117,19 +118,19 @@ class CommitLoop:
                 next_lag = now + LAG_INTERVAL_S
 
     async def drain(self, deadline_s: float) -> None:
-        """Let the events in flight finish within `deadline_s`, then commit what finished."""
-        pending = [t for tasks in self._tasks.values() for t in tasks]
-        if pending and self.fatal is None:
-            _done, left = await asyncio.wait(pending, timeout=deadline_s)
-            if left:
-                log.warning(
-                    "drain deadline passed; abandoning events",
-                    extra={"fields": {"abandoned": len(left)}},
-                )
-                for task in left:
-                    task.cancel()
-                # Their holds are released as they end, at their next step.
-                await asyncio.wait(left, timeout=_CANCEL_WAIT_S)
+        """Let the events in flight finish within `deadline_s` (none after a fatal error),
+        cancel the rest, then commit what finished."""
+        left = {t for tasks in self._tasks.values() for t in tasks}
+        if left and self.fatal is None:
+            _done, left = await asyncio.wait(left, timeout=deadline_s)
+        if left:
+            log.warning(
+                "abandoning events in flight", extra={"fields": {"abandoned": len(left)}}
+            )
+            for task in left:
+                task.cancel()
+            # They end at their next step (a shielded decode later), releasing their holds.
+            await asyncio.wait(left, timeout=_CANCEL_WAIT_S)
         await self.commit()
 
     async def commit(self, only: set[TP] | None = None) -> None:
@@ -150,7 +151,7 @@ class CommitLoop:
         self.tracker.mark_committed(offsets)
         self._sensor.on_commit(True)
 
-    # -- rebalance callbacks (run inside `client.poll`) -------------------------------------
+    # -- rebalance callbacks (the client runs them while the loop awaits it) ----------------
 
     async def revoked(self, revoked: set[TP]) -> None:
         """Commit what finished, abandon the rest: the next owner re-processes it."""

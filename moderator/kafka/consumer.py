@@ -81,7 +81,8 @@ class GroupConsumer:
         self._consumer = make_consumer(settings, max_decompressed=max_decompressed)
 
     async def start(self, on_assigned: OnAssigned, on_revoked: OnRevoked) -> None:
-        """Subscribe and join; the callbacks run inside `poll` when partitions move."""
+        """Subscribe and join. The client runs the callbacks when partitions move (a rebalance
+        revokes every partition, then assigns the new set), while the loop awaits it."""
         self._consumer.subscribe([self._topic], listener=_Listener(on_assigned, on_revoked))
         try:
             await self._consumer.start()
@@ -124,15 +125,6 @@ class Reader:
 
     async def poll(self, timeout_s: float = 0.2, max_records: int | None = None) -> list[Record]:
         return await _poll(self._consumer, timeout_s, max_records)
-
-    async def end_offsets(self) -> dict[TP, int]:
-        """Each assigned partition's end offset now."""
-        parts = list(self._consumer.assignment())
-        try:
-            ends = await self._consumer.end_offsets(parts)
-        except KafkaError as exc:
-            raise KafkaFailed(f"end offsets: {type(exc).__name__}: {exc}") from exc
-        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items()}
 
     async def close(self) -> None:
         await self._consumer.stop()

@@ -4,11 +4,13 @@ loop run whole, with no broker, in milliseconds.
 
 What it models: topics of partitions of records with offsets; one group's committed offsets;
 a member that is assigned every partition of its topic on start, polls from the committed
-offsets onward, pauses and resumes partitions; rebalances (`FakeBroker.rebalance`) that revoke
-and assign inside the next poll, as aiokafka does. What it does not: replication, transactions,
-record size limits, more than one member per group. Failures are injected by the test:
-`fail_sends`, `fail_commits`, `fail_polls` each make the next n calls fail the way the real
-clients' translated errors do.
+offsets onward, pauses and resumes partitions; eager rebalances (`FakeBroker.rebalance`), as
+aiokafka does them: every partition is revoked (after its callback commits), then the new set
+is assigned, unpaused, from the committed offsets. The fake runs the callbacks at the member's
+next poll, where aiokafka runs them from its coordinator task while the consumer is awaited.
+What it does not: replication, transactions, record size limits, more than one member per
+group. Failures are injected by the test: `fail_sends`, `fail_commits`, `fail_polls` each
+make the next n calls fail the way the real clients' translated errors do.
 """
 
 from __future__ import annotations
@@ -90,8 +92,7 @@ class FakeBroker:
         return len(self.topics[topic][partition])
 
     def rebalance(self, assignment: Collection[TP]) -> None:
-        """Move every member to `assignment` at its next poll: revoke what it loses (after
-        its callback commits), then assign what it gains."""
+        """Rebalance every member onto `assignment` at its next poll."""
         for member in self._members:
             member.pending = set(assignment)
         self._arrived.set()
@@ -198,18 +199,16 @@ class FakeGroupConsumer:
         wanted, self.pending = self.pending, None
         assert self._on_assigned is not None  # started
         assert self._on_revoked is not None
-        revoked = set(self._positions) - wanted
+        revoked = set(self._positions)
         if revoked:
             await self._on_revoked(revoked)
-            for part in revoked:
-                del self._positions[part]
-                self.paused.discard(part)
-        added = wanted - set(self._positions)
-        for part in added:
+        self._positions.clear()
+        self.paused.clear()
+        for part in sorted(wanted):
             self.broker.create_topic(part[0])
             self._positions[part] = self.broker.committed.get(part, 0)
-        if added:
-            self._on_assigned(added)
+        if wanted:
+            self._on_assigned(set(wanted))
 
     def _take(self, max_records: int) -> list[Record]:
         out: list[Record] = []

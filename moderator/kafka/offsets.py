@@ -77,7 +77,3 @@ class OffsetTracker:
     def committed_point(self, topic: str, partition: int) -> int | None:
         part = self._parts.get((topic, partition))
         return part.committed if part else None
-
-    def pending_in(self, topic: str, partition: int) -> int:
-        part = self._parts.get((topic, partition))
-        return len(part.pending) if part else 0

@@ -103,13 +103,6 @@ class Producer:
     ) -> None:
         await (await self.send(topic, value, key=key, headers=headers, partition=partition))
 
-    async def partitions(self, topic: str) -> list[int]:
-        """The topic's partition numbers, from fresh metadata."""
-        try:
-            return sorted(await self._producer.partitions_for(topic))
-        except KafkaError as exc:
-            raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc
-
     async def flush(self) -> None:
         await self._producer.flush()
 

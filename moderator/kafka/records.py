@@ -7,9 +7,9 @@ non-UTF-8 header name used to make every `getmany` raise, the whole fetch lost, 
 partition stalled. Worse, the records of the same batch handed out before it were skipped.
 
 `LenientMemoryRecords` stands in for aiokafka's `MemoryRecords` in its fetcher
-(`install()`; `moderator.kafka.client.make_consumer` calls it). Batches are still read by aiokafka's
-fast reader; only when it fails part-way is the rest of that batch read here, from the Kafka
-record-batch v2 layout, with header names decoded as UTF-8 with `surrogateescape` (the
+(`install()`; `moderator.kafka.consumer.make_consumer` calls it). Batches are still read by
+aiokafka's fast reader; only when it fails part-way is the rest of that batch read here, from
+the Kafka record-batch v2 layout, with header names decoded as UTF-8 with `surrogateescape` (the
 original bytes stay recoverable) and a null header name read as "". Records yielded before
 the failure are not yielded twice. A batch this reader cannot read either raises the
 stand-in records (below) for the offsets it did not reach: the broker validated the batch,

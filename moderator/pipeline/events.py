@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from moderator.errors import EventError, TooLarge
 
@@ -114,6 +122,13 @@ def _check_metadata(value: dict[Any, Any]) -> None:
                 stack.extend((v, depth + 1) for v in item)
 
 
+_TEXT_LIMITS = {
+    "image_url": MAX_URL_LENGTH,
+    "surface": MAX_SURFACE_LENGTH,
+    "source": MAX_SOURCE_LENGTH,
+}
+
+
 class JsonEvent(BaseModel):
     """The JSON wire form (unknown fields are ignored so producers can add their own)."""
 
@@ -133,20 +148,10 @@ class JsonEvent(BaseModel):
         return _check_id(value) if isinstance(value, str) else value
 
     # "before": these messages, rather than pydantic's, name what is wrong with the text.
-    @field_validator("image_url", mode="before")
+    @field_validator("image_url", "surface", "source", mode="before")
     @classmethod
-    def _valid_url(cls, value: Any) -> Any:
-        return _check_text(value, MAX_URL_LENGTH)
-
-    @field_validator("surface", mode="before")
-    @classmethod
-    def _valid_surface(cls, value: Any) -> Any:
-        return _check_text(value, MAX_SURFACE_LENGTH)
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _valid_source(cls, value: Any) -> Any:
-        return _check_text(value, MAX_SOURCE_LENGTH)
+    def _valid_text(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_text(value, _TEXT_LIMITS[info.field_name or ""])
 
     @field_validator("submitted_at", mode="before")
     @classmethod

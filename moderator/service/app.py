@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import time
@@ -159,7 +160,7 @@ class Service:
             open_gpu_decoders, s.pipeline.gpu_decode, self._runtimes, spec, s.pipeline.max_batch
         )
         for decoder in decoders:
-            stack.callback(decoder.close)
+            stack.push_async_callback(_quietly, decoder.close)
         batcher = Batcher(
             [rt.encode_pixels for rt in self._runtimes],
             device_infers=[
@@ -261,10 +262,12 @@ class Service:
         return Publisher(producer, k.verdict_topic, k.dlq_topic, limits)
 
 
-async def _quietly(close: Callable[[], Awaitable[object]]) -> None:
+async def _quietly(close: Callable[[], Awaitable[object] | object]) -> None:
     """Closing goes on for the rest whatever one closer raises."""
     try:
-        await close()
+        closed = close()
+        if inspect.isawaitable(closed):
+            await closed
     except Exception:
         log.exception("error while closing")
 

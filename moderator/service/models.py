@@ -70,6 +70,10 @@ def open_gpu_decoders(
         report = log.warning if started_one else log.info
         report("JPEGs decode on the CPU", extra={"fields": {"why": str(exc)}})
         return []
+    except BaseException:  # anything else stops the start-up: nothing is left open
+        for decoder in decoders:
+            decoder.close()
+        raise
     fields = {"gpus": len(decoders), "ready_s": round(time.monotonic() - started, 2)}
     log.info("JPEGs decode on the GPU", extra={"fields": fields})
     return decoders

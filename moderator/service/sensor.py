@@ -12,7 +12,8 @@ from moderator.service.metrics import Metrics
 
 
 class Sensor:
-    """Hooks onto one `Metrics` registry. `surface_label` bounds the surface label's values."""
+    """Hooks onto one `Metrics` registry. Callers pass label values already bounded (a
+    surface label is one of the policy's surfaces, `none` or `other`: see the route)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -61,7 +62,7 @@ class Sensor:
         *,
         truncated: bool,
     ) -> None:
-        """`matches`/`shadow`: (concept id, action) pairs; `surface` as `surface_label` gave."""
+        """`matches`/`shadow`: (concept id, action) pairs; `surface`: a bounded label."""
         self.metrics.verdicts.labels(decision, surface).inc()
         for concept, action in matches:
             self.metrics.matches.labels(concept, action, "enforce", surface).inc()

@@ -131,7 +131,7 @@ async def test_service_over_sasl_ssl_and_redis_acl_tls_leaks_no_secret(
         await client.aclose()
     secrets_ = (secure_kafka.password, secure_redis.password, url_password)
     assert not _leaks(log, *secrets_), "a secret is in the service log"
-    assert '"logger": "moderator.service.app"' in log  # the log is really there (JSON, DEBUG)
+    assert '"logger": "moderator.service"' in log  # the log is really there (JSON, DEBUG)
     for topic, value, headers in answers:
         assert not _leaks(b"".join(v for _, v in headers), *secrets_), headers
         if topic == topics["verdicts"]:

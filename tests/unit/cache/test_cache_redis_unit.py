@@ -163,7 +163,7 @@ async def test_invalid_entries_are_logged_once_per_window_without_the_vector(
     poison = np.full(DIM, 0.123456, np.float32)
     for i in range(5):
         fake.values[key(f"k{i}")] = poison.tobytes()
-    with caplog.at_level(logging.WARNING, logger="moderator.cache.redis"):
+    with caplog.at_level(logging.WARNING, logger="moderator.cache"):
         for i in range(5):  # a burst: one lookup per event, as the service makes them
             await cache.get_many(NAMESPACE, [f"k{i}"])
         clock.now += 61

@@ -25,7 +25,7 @@ from PIL import Image
 
 from moderator.cache.memory import MemoryEmbeddingCache
 from moderator.embed import load_model
-from moderator.errors import InferenceFailed, Reason
+from moderator.errors import InferenceFailed, PublishFailed, Reason
 from moderator.kafka.fake import FakeBroker, FakeProducer, FakeRecord
 from moderator.kafka.publish import Publisher
 from moderator.pipeline.acquire.fetch import Fetched, Fetcher, FetchPolicy
@@ -41,6 +41,8 @@ from moderator.service.sensor import Sensor
 
 REPO = Path(__file__).resolve().parents[3]
 POLICY = REPO / "policies" / "demo.yaml"
+_VERDICTS = "moderator_verdicts_total"
+_DECISIONS = ("flag", "review", "allow")
 VERDICT_SCHEMA = json.loads((REPO / "deploy" / "schemas" / "verdict.schema.json").read_text())
 Sent = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
 
@@ -381,23 +383,50 @@ def test_an_image_fetched_after_a_retry_and_then_refused_counts_its_fetch_attemp
 
 def test_a_verdict_is_followed_by_its_embedding_and_counted(route: _Wired) -> None:
     value = json.dumps({"id": "emb-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+    counted = {d: route.sample(_VERDICTS, decision=d, surface="none") for d in _DECISIONS}
     (verdict,) = route.handle(_record(8, value))
     body = json.loads(verdict[2] or b"")
     (embedding,) = [r for r in route.broker.records("embeddings") if r.key == b"emb-1"]
     record = json.loads(embedding.value or b"")
     assert record["image_sha256"] == body["image"]["sha256"]
     assert len(record["embedding"]) == route.runtime.embed_dim
-    assert route.sample("moderator_verdicts_total", decision=body["decision"], surface="none")
+    for decision in _DECISIONS:
+        now = route.sample(_VERDICTS, decision=decision, surface="none")
+        assert now - counted[decision] == (decision == body["decision"])
 
 
 def test_an_unknown_surface_is_counted_as_other(route: _Wired) -> None:
     value = json.dumps(
         {"id": "srf-1", "image_b64": base64.b64encode(_PNG).decode(), "surface": "nowhere"}
     ).encode()
+    unknown = route.sample("moderator_unknown_surfaces_total")
+    others = {d: route.sample(_VERDICTS, decision=d, surface="other") for d in _DECISIONS}
     (verdict,) = route.handle(_record(9, value))
     decision = json.loads(verdict[2] or b"")["decision"]
-    assert route.sample("moderator_verdicts_total", decision=decision, surface="other")
-    assert route.sample("moderator_unknown_surfaces_total")
+    assert route.sample(_VERDICTS, decision=decision, surface="other") == others[decision] + 1
+    assert route.sample("moderator_unknown_surfaces_total") == unknown + 1
+
+
+@pytest.mark.parametrize("topic", ["verdicts", "dlq", "embeddings"])
+def test_a_refused_send_is_the_services_fault_and_escapes(
+    route: _Wired, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = {"id": f"refused-{topic}", "image_b64": base64.b64encode(_PNG).decode()}
+    value = b"not json" if topic == "dlq" else json.dumps(event).encode()
+    publisher = route.route._publisher
+    if topic == "embeddings":  # the verdict goes, then its embedding is refused
+        send_embedding = publisher.embedding
+
+        async def refused(*args: Any) -> None:
+            route.broker.fail_sends = 1
+            await send_embedding(*args)
+
+        monkeypatch.setattr(publisher, "embedding", refused)
+    else:
+        route.broker.fail_sends = 1
+    with pytest.raises(PublishFailed, match=topic):
+        route.handle(_record(11, value))
+    assert route.broker.fail_sends == 0  # the refusal was met, not skipped
 
 
 def test_with_a_cache_a_repeated_image_is_served_from_it() -> None:
