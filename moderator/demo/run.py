@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
 from moderator import kafka
 from moderator.commands.submit import Record, publish_records
 from moderator.demo.shapes import generate
 from moderator.errors import ConfigError, Reason
+from moderator.harness.imageserver import ImageServer
 from moderator.pipeline.events import cloudevent_headers, json_event
 from moderator.service.app import Service
 from moderator.settings import Settings
@@ -43,44 +42,6 @@ class _Answers:
     dead: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-class _ImageServer:
-    """Serves generated images on 127.0.0.1 so URL events have something real to fetch."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        files = self.files
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> _ImageServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def _png(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -96,7 +57,8 @@ def _jpeg(image: Any) -> bytes:
 def plan_events(
     base_url: str, inline: int, by_url: int, seed: int
 ) -> tuple[list[_Planned], dict[str, bytes]]:
-    """The demo's events: good ones in every form, plus one broken event per DLQ reason."""
+    """The demo's events: good ones in every form, plus one broken event per DLQ reason. The
+    URL events' images (name → bytes) are for an `ImageServer` at `base_url` to serve."""
     run = uuid.uuid4().hex[:6]
     planned: list[_Planned] = []
     served: dict[str, bytes] = {}
@@ -108,9 +70,10 @@ def plan_events(
         planned.append(_Planned(event_id, f"{sample.label} (inline)", record))
     for i, sample in enumerate(samples[inline : inline + by_url]):
         event_id = f"demo-{run}-url-{i:02d}"
-        path = f"/images/{i:02d}.png"
-        served[path] = _png(sample.image)
-        record = (event_id, json_event(event_id, url=base_url + path, surface="chat"), [])
+        name = f"{i:02d}.png"
+        served[name] = _png(sample.image)
+        url = f"{base_url}/img/{name}"
+        record = (event_id, json_event(event_id, url=url, surface="chat"), [])
         planned.append(_Planned(event_id, f"{sample.label} (url)", record))
     sample = samples[-1]
     event_id = f"demo-{run}-cloudevent"
@@ -213,9 +176,9 @@ async def run_demo(
 ) -> int:
     """Run the demo; returns a process exit code (0 when every event got its expected answer)."""
     started = time.monotonic()
-    with _ImageServer() as server:
+    with ImageServer() as server:
         planned, served = plan_events(server.base, inline, by_url, seed)
-        server.files.update(served)
+        server.images.update(served)
         await kafka.ensure_topics(
             settings.kafka,
             [settings.kafka.input_topic, settings.kafka.verdict_topic, settings.kafka.dlq_topic],
