@@ -92,17 +92,6 @@ class Producer:
             raise PublishFailed(f"{topic}: {type(exc).__name__}: {exc}") from exc
         return _Ack(future, topic)
 
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Headers = (),
-        partition: int | None = None,
-    ) -> None:
-        await (await self.send(topic, value, key=key, headers=headers, partition=partition))
-
     async def flush(self) -> None:
         await self._producer.flush()
 

@@ -100,5 +100,5 @@ async def test_a_record_with_neither_key_nor_value_is_sent_with_an_empty_value()
     producer = Producer(KafkaSettings())
     await producer._producer.stop()
     producer._producer = _Taking()  # type: ignore[assignment]
-    await producer.send_and_wait("dlq", None)
+    await (await producer.send("dlq", None))
     assert sent == [("dlq", b"", None)]  # aiokafka refuses a record with neither

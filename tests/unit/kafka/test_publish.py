@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -15,27 +14,19 @@ from hypothesis import strategies as st
 from moderator.errors import PublishFailed, Reason
 from moderator.kafka.fake import FakeBroker, FakeProducer
 from moderator.kafka.publish import Failure, Publisher, record_size, safe_name, verdict_headers
-from moderator.kafka.types import Headers
 
 
-class _Producer(FakeProducer):
-    """The fake producer, remembering each send as the publisher made it."""
+def _producer() -> FakeProducer:
+    return FakeProducer(FakeBroker())
 
-    def __init__(self) -> None:
-        super().__init__(FakeBroker())
-        self.sent: list[dict[str, Any]] = []
 
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Headers = (),
-        partition: int | None = None,
-    ) -> Awaitable[None]:
-        self.sent.append({"topic": topic, "key": key, "value": value, "headers": list(headers)})
-        return await super().send(topic, value, key=key, headers=headers, partition=partition)
+def _sent(producer: FakeProducer) -> list[dict[str, Any]]:
+    """What reached the fake broker's verdict and dead-letter topics, in order."""
+    return [
+        {"topic": r.topic, "key": r.key, "value": r.value, "headers": list(r.headers)}
+        for topic in ("verdicts", "dlq")
+        for r in producer.broker.records(topic)
+    ]
 
 
 def _publisher(producer: FakeProducer, **limits: int) -> Publisher:
@@ -60,30 +51,30 @@ class _Verdict:
 
 
 async def test_a_verdict_over_the_topic_limit_loses_its_echoed_fields() -> None:
-    producer = _Producer()
+    producer = _producer()
     publisher = _publisher(producer, verdicts=4000)
     truncated = await publisher.verdict("e", _Verdict({"blob": "x" * 5000}), [])
     assert truncated
-    sent = json.loads(producer.sent[0]["value"])
+    sent = json.loads(_sent(producer)[0]["value"])
     assert sent["metadata"] is None
     assert sent["source"] is None
     assert sent["truncated"] == ["metadata", "source"]
     assert not await publisher.verdict("e", _Verdict({"small": 1}), [])
-    assert "truncated" not in json.loads(producer.sent[1]["value"])
+    assert "truncated" not in json.loads(_sent(producer)[1]["value"])
 
 
 async def test_nan_never_reaches_json() -> None:
-    publisher = _publisher(_Producer())
+    publisher = _publisher(_producer())
     with pytest.raises(ValueError, match="JSON"):
         await publisher.verdict("e", _Verdict({"x": math.nan}), [])
 
 
 async def test_a_dead_letter_over_the_dlq_limit_keeps_only_its_headers() -> None:
-    producer = _Producer()
+    producer = _producer()
     publisher = _publisher(producer, dlq=10_000)
     failure = Failure(Reason.TOO_LARGE, "too big", "in", 2, 41)
     await publisher.dead_letter(b"k" * 5000, b"v" * 20_000, [("a", b"1")], failure)
-    sent = producer.sent[0]
+    sent = _sent(producer)[0]
     assert sent["value"] is None
     assert sent["key"] == b"k" * 1024
     headers = dict(sent["headers"])
@@ -94,11 +85,11 @@ async def test_a_dead_letter_over_the_dlq_limit_keeps_only_its_headers() -> None
 
 
 async def test_odd_original_headers_are_sendable() -> None:
-    producer = _Producer()
+    producer = _producer()
     failure = Failure(Reason.INVALID_EVENT, "bad \udcff detail", "in", 0, 1)
     original = [("\udcff\udcfename", b"v"), ("null-value", None)]
     await _publisher(producer).dead_letter(None, b"v", original, failure)
-    headers = producer.sent[0]["headers"]
+    headers = _sent(producer)[0]["headers"]
     assert ("\\xff\\xfename", b"v") in headers
     assert ("null-value", None) in headers
     # What aiokafka's own record builder must accept as it is.
@@ -107,7 +98,7 @@ async def test_odd_original_headers_are_sendable() -> None:
 
 
 async def test_a_broker_refusal_is_publish_failed_never_a_dead_letter_reason() -> None:
-    producer = _Producer()
+    producer = _producer()
     producer.broker.fail_sends = 1
     publisher = _publisher(producer)
     with pytest.raises(PublishFailed, match="verdicts"):
@@ -136,7 +127,7 @@ def test_record_size_bounds_the_batch_kafka_receives(
 
 
 async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> None:
-    producer = _Producer()
+    producer = _producer()
     failure = Failure(Reason.INVALID_EVENT, "empty record value", "in", 0, 9)
     await _publisher(producer).dead_letter(None, None, [], failure)
     (sent,) = producer.broker.records("dlq")
@@ -146,9 +137,9 @@ async def test_a_record_with_neither_key_nor_value_can_be_dead_lettered() -> Non
 
 
 async def test_a_topic_over_the_producers_request_limit_is_held_to_that_limit() -> None:
-    producer = _Producer()
+    producer = _producer()
     publisher = _publisher(producer, dlq=64 * 1024 * 1024)
     failure = Failure(Reason.TOO_LARGE, "too big", "in", 0, 3)
     await publisher.dead_letter(b"k", b"v" * (17 * 1024 * 1024), [], failure)
-    (sent,) = producer.sent
+    (sent,) = _sent(producer)
     assert sent["value"] is None  # 17 MiB would pass the topic and fail aiokafka's own check
