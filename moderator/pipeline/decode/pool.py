@@ -146,10 +146,13 @@ class DecodePool:
 
     async def _retry_alone(self, call: Callable[[], T]) -> T:
         async with self._alone:
-            if self._quarantine is None:
-                self._quarantine = await asyncio.to_thread(start_pool, 1, self._spec)
-            quarantine = self._quarantine
-            waiter = self._submit(quarantine, call)
+            quarantine = await self._quarantine_pool()
+            try:
+                waiter = self._submit(quarantine, call)
+            except (BrokenProcessPool, RuntimeError):  # its process died since the check
+                await self._drop_quarantine(quarantine)
+                quarantine = await self._quarantine_pool()
+                waiter = self._submit(quarantine, call)
             try:
                 return await asyncio.shield(waiter)
             except asyncio.CancelledError:
@@ -158,13 +161,28 @@ class DecodePool:
                 await asyncio.wait([waiter])
                 raise
             except BrokenProcessPool as exc:
-                self._quarantine = None
-                self._on_replaced("quarantine")
-                await asyncio.to_thread(_shut, quarantine, 0.0)
-                self._condemned.discard(quarantine)
+                await self._drop_quarantine(quarantine)
                 raise DecodeCrashed(
                     "the decode process died while decoding this image, and again on its retry"
                 ) from exc
+
+    async def _quarantine_pool(self) -> ProcessPoolExecutor:
+        """The one-process pool for retries, started on first use, and started afresh when
+        its process died while idle (killed from outside): that says nothing of the image
+        about to be retried."""
+        pool = self._quarantine
+        if pool is not None and (pool in self._condemned or _has_dead_process(pool)):
+            await self._drop_quarantine(pool)
+            pool = None
+        if pool is None:
+            pool = self._quarantine = await asyncio.to_thread(start_pool, 1, self._spec)
+        return pool
+
+    async def _drop_quarantine(self, pool: ProcessPoolExecutor) -> None:
+        self._quarantine = None
+        self._on_replaced("quarantine")
+        await asyncio.to_thread(_shut, pool, 0.0)
+        self._condemned.discard(pool)
 
     async def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Replace the main pool if it is still `broken` (many events see one break)."""
@@ -184,6 +202,11 @@ class DecodePool:
     def pids(self) -> list[int]:
         """The main pool's worker process ids (for tests and diagnostics)."""
         processes = getattr(self._pool, "_processes", None) or {}
+        return sorted(processes)
+
+    def quarantine_pids(self) -> list[int]:
+        """The retry pool's process id, once it started (for tests and diagnostics)."""
+        processes = getattr(self._quarantine, "_processes", None) or {}
         return sorted(processes)
 
     async def close(self) -> None:

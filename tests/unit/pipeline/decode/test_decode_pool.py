@@ -8,6 +8,7 @@ import os
 import signal
 import struct
 from collections.abc import AsyncIterator
+from functools import partial
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
@@ -84,6 +85,28 @@ async def test_a_process_killed_from_outside_costs_no_event(
     assert await asyncio.gather(*running) == list(range(4))
     assert replaced == ["main"]
     assert len(pool.pids()) == 2
+
+
+async def test_a_retry_process_killed_while_idle_is_replaced_before_the_next_retry(
+    pool: DecodePool, replaced: list[str], tmp_path: Path
+) -> None:
+    poison = tmp_path / "poison"
+    poison.touch()
+    with pytest.raises(DecodeCrashed):  # starts the retry pool, then replaces it
+        await pool.run(_die_if, str(poison), 1)
+    poison.unlink()
+    assert await pool.run(_die_if, str(poison), 2) == 2
+    assert await pool._retry_alone(partial(_slow, 3)) == 3  # the retry pool is up again
+    (idle,) = pool.quarantine_pids()
+    os.kill(idle, signal.SIGKILL)  # from outside, while it decodes nothing
+    await asyncio.sleep(0.3)  # the executor notices its dead process
+    innocent = asyncio.ensure_future(pool.run(_slow, 4))  # in the main pool when it breaks
+    await asyncio.sleep(0.05)
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    os.kill(pool.pids()[1], signal.SIGKILL)
+    assert await innocent == 4  # retried alone in a fresh retry pool, not dead-lettered
+    assert replaced.count("quarantine") == 2
+    assert idle not in pool.quarantine_pids()
 
 
 @pytest.mark.parametrize("poison_first", [True, False])
