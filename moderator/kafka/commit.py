@@ -124,9 +124,7 @@ class CommitLoop:
         if left and self.fatal is None:
             _done, left = await asyncio.wait(left, timeout=deadline_s)
         if left:
-            log.warning(
-                "abandoning events in flight", extra={"fields": {"abandoned": len(left)}}
-            )
+            log.warning("abandoning events in flight", extra={"fields": {"abandoned": len(left)}})
             for task in left:
                 task.cancel()
             # They end at their next step (a shielded decode later), releasing their holds.
