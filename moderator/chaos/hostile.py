@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
 
 from moderator.chaos.fuzz import records as fuzz_records
 from moderator.chaos.scenarios import INPUT_PARTITIONS, Context, Result, Run, run_id, run_scenario
 from moderator.chaos.workload import ANSWERED, Event, Workload, inline_workload
+from moderator.harness.fleet import children
 from moderator.kafka.raw import RawProducer, RawRecord
 from moderator.settings import KafkaSettings
 
@@ -87,19 +87,9 @@ def decode_processes(pid: int) -> list[int]:
     """The decode processes under a `moderator serve` process: its children's children (the
     forkserver's), sorted."""
     found: list[int] = []
-    for child in _children(pid):
-        found += _children(child)
+    for child in children(pid):
+        found += children(child)
     return sorted(found)
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def _kill(pid: int) -> None:

@@ -99,6 +99,15 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (of all its threads), from /proc; none once it exited."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # the thread or the process ended meanwhile
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and all its descendants (decode workers sit under it)."""
     total = 0
@@ -107,15 +116,12 @@ def tree_rss_bytes(pid: int) -> int:
         current = stack.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            tasks = list(Path(f"/proc/{current}/task").iterdir())
         except OSError:  # exited meanwhile
             continue
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
-        for task in tasks:
-            with contextlib.suppress(OSError):
-                stack.extend(int(c) for c in (task / "children").read_text().split())
+        stack.extend(children(current))
     return total
 
 
