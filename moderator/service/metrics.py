@@ -64,6 +64,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.cpu_seconds = Counter(
+            "moderator_cpu_seconds",
+            "CPU time by stage of the data path, on the thread that did the work (decode"
+            " stages in the decode processes); moderator.cpu lists the stages.",
+            ["stage"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "moderator_event_loop_lag_seconds",
             "How late the event loop woke from a 0.1 s sleep, sampled ten times a second.",

@@ -1,0 +1,85 @@
+"""CPU time per stage of the data path, counted on the thread that does the work.
+
+`serve` exports it as `moderator_cpu_seconds_total{stage}`, so `moderator bench e2e` (or a
+dashboard) divides by events answered and gets a CPU budget per event and stage. The clock is
+the calling thread's CPU time (`time.thread_time`), not wall time: waiting on a lock, a pipe or
+the GPU costs nothing here, which is the point.
+
+Stages, in path order:
+  fetch      the consumer's poll: reading records from the client's buffers
+  handoff    sending an event to a decode process and taking its answer back (loop side)
+  parse      a record's JSON or CloudEvent headers (in a decode process or on the loop)
+  base64     decoding an inline image's base64
+  hash       sha256 of the image bytes
+  decode     image bytes to pixels (Pillow, libspng), or the GPU decoder's host side
+  resize     pixels to the model's input size, on the CPU
+  batch      stacking pixels into a batch and handing it to the model thread
+  infer      the model call's host side, on the thread that calls it
+  score      the policy over a batch's embeddings
+  serialize  the verdict record's JSON
+  produce    handing verdicts to the Kafka producer (not the wait for the ack)
+  commit     the commit loop's bookkeeping: accepting records, backpressure, commits
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final
+
+STAGES: Final = (
+    "fetch",
+    "handoff",
+    "parse",
+    "base64",
+    "hash",
+    "decode",
+    "resize",
+    "batch",
+    "infer",
+    "score",
+    "serialize",
+    "produce",
+    "commit",
+)
+
+thread_cpu = time.thread_time
+"""Seconds of CPU this thread has used (CLOCK_THREAD_CPUTIME_ID)."""
+
+
+class Tally:
+    """Per-stage CPU seconds gathered where no sensor is at hand (a decode process), to be
+    handed back with the work's result and reported by the caller."""
+
+    __slots__ = ("seconds", "_last")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = thread_cpu()
+
+    def lap(self, stage: str) -> None:
+        """Charge the CPU used since the previous lap (or creation) to `stage`."""
+        now = thread_cpu()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - self._last)
+        self._last = now
+
+    def skip(self) -> None:
+        """Restart the lap without charging anyone (time spent in no named stage)."""
+        self._last = thread_cpu()
+
+    def merged(self, other: Mapping[str, float]) -> dict[str, float]:
+        out = dict(self.seconds)
+        for stage, seconds in other.items():
+            out[stage] = out.get(stage, 0.0) + seconds
+        return out
+
+
+@contextmanager
+def timed(charge: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the CPU the block uses on this thread to `charge[stage]`."""
+    started = thread_cpu()
+    try:
+        yield
+    finally:
+        charge[stage] = charge.get(stage, 0.0) + (thread_cpu() - started)
