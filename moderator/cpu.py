@@ -52,7 +52,7 @@ class Tally:
     """Per-stage CPU seconds gathered where no sensor is at hand (a decode process), to be
     handed back with the work's result and reported by the caller."""
 
-    __slots__ = ("seconds", "_last")
+    __slots__ = ("_last", "seconds")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}

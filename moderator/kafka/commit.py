@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from moderator.cpu import thread_cpu
 from moderator.errors import CommitFailed, KafkaFailed
 from moderator.kafka.offsets import OffsetTracker
 from moderator.kafka.types import TP, GroupClient, Record
@@ -55,6 +56,7 @@ class CommitSensor(Protocol):
     def on_commit(self, ok: bool) -> None: ...
     def on_lag(self, part: TP, lag: int) -> None: ...
     def on_revoked(self, part: TP) -> None: ...
+    def on_cpu(self, stage: str, seconds: float) -> None: ...
 
 
 class CommitLoop:
@@ -104,9 +106,11 @@ class CommitLoop:
                 log.warning("poll failed; retrying", extra={"fields": {"error": str(exc)}})
                 await asyncio.sleep(_POLL_RETRY_S)
                 continue
+            started = thread_cpu()
             for record in records:
                 self._accept(record)
             self._backpressure()
+            self._sensor.on_cpu("commit", thread_cpu() - started)
             now = self._clock()
             # At hundreds of events per second a second of work is more than the events in
             # flight, and all of it would be answered again after a crash.
@@ -135,8 +139,10 @@ class CommitLoop:
         """Commit the finished prefix of `only`, or of every assigned partition."""
         if only is None:
             self._finished_since_commit = 0
+        started = thread_cpu()
         scope = self.client.assignment() if only is None else only
         offsets = self.tracker.committable(scope)
+        self._sensor.on_cpu("commit", thread_cpu() - started)
         if not offsets:
             return
         try:
@@ -189,6 +195,13 @@ class CommitLoop:
         self._finished_since_commit += 1
 
     def _done(self, part: TP, task: asyncio.Task[None], hold: Hold) -> None:
+        started = thread_cpu()
+        try:
+            self._settle(part, task, hold)
+        finally:
+            self._sensor.on_cpu("commit", thread_cpu() - started)
+
+    def _settle(self, part: TP, task: asyncio.Task[None], hold: Hold) -> None:
         self._tasks[part].discard(task)
         hold.release()
         self._sensor.on_in_flight(self.tracker.in_flight(), self._budget.used)

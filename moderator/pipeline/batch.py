@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from moderator.cpu import thread_cpu
 from moderator.errors import InferenceFailed
 from moderator.log import get
 from moderator.types import Embeddings, Pixels
@@ -82,6 +83,7 @@ class Batcher:
         max_wait_s: float,
         on_batch: Callable[[int, float, float], None] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        on_cpu: Callable[[str, float], None] | None = None,
     ) -> None:
         if not infers:
             raise ValueError("at least one inference callable is needed")
@@ -96,6 +98,9 @@ class Batcher:
         # "gpu_wait" (for the previous batch's second stage), "gpu_finish" (resize, model).
         # Called from the stage threads too: it must be thread-safe (Prometheus metrics are).
         self._on_stage = on_stage or (lambda stage, seconds: None)
+        # CPU seconds by `moderator.cpu` stage (`batch`, `infer`, a GPU decoder's `decode`),
+        # on the thread that spent them; thread-safe, as `on_stage`.
+        self._on_cpu = on_cpu or (lambda stage, seconds: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: list[ThreadPoolExecutor] = []
@@ -154,14 +159,20 @@ class Batcher:
                 break
         return [item for item in batch if not item.future.cancelled()]
 
-    @staticmethod
-    async def _host_only(infer: Infer, items: list[Item], pool: ThreadPoolExecutor) -> Outcome:
+    async def _host_only(
+        self, infer: Infer, items: list[Item], pool: ThreadPoolExecutor
+    ) -> Outcome:
         """The pixels through `infer`; bytes (sent to a worker without a GPU decoder) fail."""
+        started = thread_cpu()
         failed = {i: "no GPU decoder here" for i, p in enumerate(items) if isinstance(p, bytes)}
         hosts = [p for p in items if not isinstance(p, bytes)]
         if not hosts:
             return np.zeros((len(items), 0), np.float32), failed
-        rows = await asyncio.get_running_loop().run_in_executor(pool, infer, np.stack(hosts))
+        stacked = np.stack(hosts)
+        self._on_cpu("batch", thread_cpu() - started)
+        rows = await asyncio.get_running_loop().run_in_executor(
+            pool, self._counted, "infer", infer, stacked
+        )
         if not failed:
             return rows, failed
         out = np.zeros((len(items), rows.shape[1]), np.float32)
@@ -196,7 +207,7 @@ class Batcher:
                     continue
                 try:  # overlaps the previous batch's second stage
                     decoded = await loop.run_in_executor(
-                        decoding, self._clocked, "gpu_decode", device.decode, items
+                        decoding, self._clocked, "gpu_decode", "decode", device.decode, items
                     )
                 except Exception as exc:
                     self._fail(batch, exc)
@@ -206,20 +217,28 @@ class Batcher:
                     await finishing
                     self._on_stage("gpu_wait", time.monotonic() - waited)
                 outcome = loop.run_in_executor(
-                    pool, self._clocked, "gpu_finish", device.finish, decoded
+                    pool, self._clocked, "gpu_finish", "infer", device.finish, decoded
                 )
                 finishing = asyncio.create_task(self._complete(batch, started, outcome))
         finally:
             if finishing is not None:
                 finishing.cancel()
 
-    def _clocked(self, stage: str, call: Callable[[A], T], arg: A) -> T:
-        """`call(arg)` in a stage's thread; its own duration goes to `on_stage`, failed or not."""
+    def _clocked(self, stage: str, cpu_stage: str, call: Callable[[A], T], arg: A) -> T:
+        """`call(arg)` in a stage's thread; its own duration goes to `on_stage`, its thread's
+        CPU to `on_cpu`, failed or not."""
         started = time.monotonic()
+        try:
+            return self._counted(cpu_stage, call, arg)
+        finally:
+            self._on_stage(stage, time.monotonic() - started)
+
+    def _counted(self, cpu_stage: str, call: Callable[[A], T], arg: A) -> T:
+        started = thread_cpu()
         try:
             return call(arg)
         finally:
-            self._on_stage(stage, time.monotonic() - started)
+            self._on_cpu(cpu_stage, thread_cpu() - started)
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
         """Inference failures are the service's, not the event's: every waiter gets them, as

@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from moderator.cpu import Tally
 from moderator.errors import EventError, TooLarge
 
 MAX_ID_LENGTH = 256  # ids are Kafka keys and Redis-free log fields: keep them short
@@ -228,10 +229,17 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_event(value: bytes | None, headers: Headers, *, max_bytes: int) -> ImageEvent:
-    """Parse a Kafka record into an ImageEvent, or raise EventError / TooLarge."""
+def parse_event(
+    value: bytes | None, headers: Headers, *, max_bytes: int, tally: Tally | None = None
+) -> ImageEvent:
+    """Parse a Kafka record into an ImageEvent, or raise EventError / TooLarge. `tally`, when
+    given, is charged the CPU of parsing (`parse`) and of an inline image's base64 (`base64`).
+    """
     if _header(headers, "ce_specversion") is not None or _header(headers, "ce_id") is not None:
-        return _parse_cloudevent(value, headers, max_bytes=max_bytes)
+        parsed = _parse_cloudevent(value, headers, max_bytes=max_bytes)
+        if tally is not None:
+            tally.lap("parse")
+        return parsed
     if not value:
         raise EventError("empty record value: expected a JSON event or a CloudEvent")
     try:
@@ -252,12 +260,18 @@ def parse_event(value: bytes | None, headers: Headers, *, max_bytes: int) -> Ima
         # base64 inflates by 4/3: refuse before decoding a body that can only be too large.
         if len(event.image_b64) > max_bytes * 4 // 3 + 4:
             raise TooLarge(f"image_b64 decodes to more than {max_bytes} bytes")
+        if tally is not None:
+            tally.lap("parse")
         try:
             data = base64.b64decode(event.image_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise EventError(f"image_b64 is not valid base64: {exc}") from exc
+        if tally is not None:
+            tally.lap("base64")
         if not data:
             raise EventError("image_b64 is empty")
+    if tally is not None:
+        tally.lap("parse")
     return ImageEvent(
         id=event.id,
         image_bytes=data,

@@ -27,9 +27,9 @@ from moderator.kafka.types import Record
 from moderator.pipeline.acquire.fetch import Fetcher
 from moderator.pipeline.batch import Batcher, Embedded, NotDecoded
 from moderator.pipeline.budget import Hold, MemoryBudget
-from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
+from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.pool import DecodePool
-from moderator.pipeline.decode.prepare import prepare_record
+from moderator.pipeline.decode.prepare import decode_counted, prepare_record
 from moderator.pipeline.decode.resize import gpu_eligible
 from moderator.pipeline.events import ImageEvent, parse_event
 from moderator.service.sensor import Sensor
@@ -113,6 +113,7 @@ class Embedder:
             )
             # Its own stage: waiting for a worker, parsing, hashing and decoding.
             self._time(timings, "prepare", t)
+            self._sensor.on_cpu_tally(prepared.cpu)
             event = prepared.event
             if prepared.image_sha256 is not None:
                 jpeg = None if prepared.jpeg is None else GpuJpeg(prepared.jpeg)
@@ -172,8 +173,10 @@ class Embedder:
                     self._sensor.on_decode("gpu")
                     return embedded
             t = time.monotonic()
-            pixels = await self._pool.run(decode_image, data, self._spec)
+            decoded = await self._pool.run(decode_counted, data, self._spec)
             self._time(timings, "decode", t)
+            self._sensor.on_cpu_tally(decoded.cpu)
+            pixels = decoded.pixels
         self._sensor.on_decode("cpu")
         return await self._batcher.embed(pixels)
 

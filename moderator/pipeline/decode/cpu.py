@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from moderator.cpu import Tally
 from moderator.errors import (
     ConfigError,
     DecodeError,
@@ -132,8 +133,11 @@ class PreprocessSpec:
         return cls(image_size=image_size, resize_shortest_edge=resize_shortest_edge)
 
 
-def decode_image(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8]:
-    """Decode and preprocess one image; C-contiguous, writable (S, S, 3) RGB uint8.
+def decode_image(
+    data: bytes, spec: PreprocessSpec, tally: Tally | None = None
+) -> NDArray[np.uint8]:
+    """Decode and preprocess one image; C-contiguous, writable (S, S, 3) RGB uint8. `tally`,
+    when given, is charged the CPU of decoding (`decode`) and of resizing (`resize`).
 
     Raises TooLarge, UnsupportedFormat, DecompressionBomb or DecodeError.
     """
@@ -149,10 +153,10 @@ def decode_image(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8]:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if (fast := _plain_png(data, spec)) is not None:
+            if (fast := _plain_png(data, spec, tally)) is not None:
                 return fast
             with _open(data, spec) as im:
-                return _preprocess(im, spec)
+                return _preprocess(im, spec, tally)
         except Image.DecompressionBombError as exc:
             raise DecompressionBomb(f"image is over Pillow's pixel limit: {exc}") from exc
         except _PILLOW_ERRORS as exc:
@@ -246,7 +250,7 @@ def _describe(data: bytes) -> str:
     return "the bytes are text"
 
 
-def _plain_png(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8] | None:
+def _plain_png(data: bytes, spec: PreprocessSpec, tally: Tally | None) -> NDArray[np.uint8] | None:
     """A plain RGB PNG decoded by libspng (`moderator.pipeline.decode.png`), or None for Pillow."""
     if "PNG" not in spec.allowed_formats or not data.startswith(PNG_MAGIC):
         return None
@@ -258,10 +262,15 @@ def _plain_png(data: bytes, spec: PreprocessSpec) -> NDArray[np.uint8] | None:
         return None
     height, width = rgb.shape[:2]
     target = _resize_size((width, height), spec.resize_shortest_edge)
-    return _finish(Image.fromarray(rgb), (float(width), float(height)), target, spec)
+    if tally is not None:
+        tally.lap("decode")
+    out = _finish(Image.fromarray(rgb), (float(width), float(height)), target, spec)
+    if tally is not None:
+        tally.lap("resize")
+    return out
 
 
-def _preprocess(im: Image.Image, spec: PreprocessSpec) -> NDArray[np.uint8]:
+def _preprocess(im: Image.Image, spec: PreprocessSpec, tally: Tally | None) -> NDArray[np.uint8]:
     target = _resize_size(im.size, spec.resize_shortest_edge)  # from the full, stored size
     extent = (float(im.width), float(im.height))  # the full image, in current pixel units
     if im.format in ("JPEG", "MPO"):
@@ -284,7 +293,12 @@ def _preprocess(im: Image.Image, spec: PreprocessSpec) -> NDArray[np.uint8]:
         if method in _SWAPS_AXES:
             target = (target[1], target[0])
             extent = (extent[1], extent[0])
-    return _finish(pixels, extent, target, spec)
+    if tally is not None:
+        tally.lap("decode")
+    out = _finish(pixels, extent, target, spec)
+    if tally is not None:
+        tally.lap("resize")
+    return out
 
 
 def _finish(

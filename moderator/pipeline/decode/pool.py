@@ -36,6 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, TypeVar
 
+from moderator.cpu import thread_cpu
 from moderator.errors import DecodeCrashed
 from moderator.log import get
 from moderator.pipeline.decode.cpu import PreprocessSpec
@@ -58,8 +59,11 @@ class DecodePool:
         spec: PreprocessSpec,
         *,
         on_replaced: Callable[[str], None] | None = None,
+        on_cpu: Callable[[str, float], None] | None = None,
     ) -> None:
         self._workers = workers
+        # The event loop's side of each trip (`handoff`): submitting, and taking the answer.
+        self._on_cpu = on_cpu or (lambda stage, seconds: None)
         self._spec = spec
         self._on_replaced = on_replaced or (lambda which: None)
         self._pool: ProcessPoolExecutor | None = None
@@ -112,6 +116,13 @@ class DecodePool:
         def settle(done: Future[T]) -> None:
             if waiter.done():
                 return
+            started = thread_cpu()
+            try:
+                answer(done)
+            finally:
+                self._on_cpu("handoff", thread_cpu() - started)
+
+        def answer(done: Future[T]) -> None:
             if done.cancelled():
                 waiter.set_exception(BrokenProcessPool("the decode was cancelled by its pool"))
             elif (exc := done.exception()) is not None:
@@ -123,11 +134,14 @@ class DecodePool:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(settle, done)
 
+        started = thread_cpu()
         try:
             pool.submit(call).add_done_callback(relay)
         except BaseException:
             waiting.discard(waiter)
             raise
+        finally:
+            self._on_cpu("handoff", thread_cpu() - started)
         return waiter
 
     def _fail_all(self, pool: ProcessPoolExecutor) -> None:

@@ -20,18 +20,28 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
+from moderator.cpu import Tally
 from moderator.errors import ModeratorError
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.pipeline.decode.resize import gpu_eligible
 from moderator.pipeline.events import ImageEvent, parse_event
 from moderator.types import Pixels, content_key
 
-__all__ = ["Prepared", "prepare_record", "start_pool", "warm_up_worker"]
+__all__ = [
+    "Decoded",
+    "Prepared",
+    "decode_counted",
+    "prepare_record",
+    "start_pool",
+    "warm_up_worker",
+]
 
 _WARM: Final = frozenset({"JPEG", "PNG"})
 _START_TIMEOUT_S: Final = 120.0  # every process started and warmed within this
@@ -48,6 +58,22 @@ class Prepared:
     image_sha256: str | None  # None for a URL event: the loop fetches, hashes and decodes it
     pixels: Pixels | None  # None for a URL event, or when `jpeg` is set
     jpeg: bytes | None = None  # the image, left for the GPU to decode (`keep_jpeg`)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage, in the worker
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """Pixels, with the CPU seconds by stage the decode process spent on them."""
+
+    pixels: NDArray[np.uint8]
+    cpu: dict[str, float]
+
+
+def decode_counted(data: bytes, spec: PreprocessSpec) -> Decoded:
+    """`decode_image` in a decode process, with its CPU by stage for the service's budget."""
+    tally = Tally()
+    pixels = decode_image(data, spec, tally)
+    return Decoded(pixels, tally.seconds)
 
 
 def prepare_record(
@@ -60,15 +86,19 @@ def prepare_record(
 ) -> Prepared:
     """Parse one record; for an inline image also hash and decode it. With `keep_jpeg`, a
     JPEG the GPU decoder takes (`gpu_eligible`) comes back undecoded instead."""
-    event = parse_event(value, headers, max_bytes=max_bytes)
+    tally = Tally()
+    event = parse_event(value, headers, max_bytes=max_bytes, tally=tally)
     data = event.image_bytes
     if data is None:
-        return Prepared(event, None, None)
+        return Prepared(event, None, None, cpu=tally.seconds)
     digest = content_key(data)
     event = replace(event, image_bytes=None)
+    tally.lap("hash")
     if keep_jpeg and gpu_eligible(data, spec):
-        return Prepared(event, digest, None, data)
-    return Prepared(event, digest, decode_image(data, spec))
+        tally.lap("decode")  # the header read that found it fit
+        return Prepared(event, digest, None, data, cpu=tally.seconds)
+    pixels = decode_image(data, spec, tally)
+    return Prepared(event, digest, pixels, cpu=tally.seconds)
 
 
 def start_pool(workers: int, spec: PreprocessSpec) -> ProcessPoolExecutor:

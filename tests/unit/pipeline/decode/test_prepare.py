@@ -162,3 +162,23 @@ def test_a_decode_process_loads_neither_the_gpu_decoder_nor_cuda() -> None:
         f"import sys, {prepare_module.__name__}; print([m for m in {heavy} if m in sys.modules])"
     )
     assert subprocess.check_output([sys.executable, "-c", script], text=True).strip() == "[]"
+
+
+def test_the_worker_reports_its_cpu_by_stage() -> None:
+    """The service's CPU budget per stage counts what a decode process spends, stage by stage."""
+    big = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, format="JPEG", quality=95)
+    prepared = prepare_record(_inline(big.getvalue()), [], max_bytes=1 << 22, spec=SPEC)
+    assert set(prepared.cpu) == {"parse", "base64", "hash", "decode", "resize"}
+    assert all(seconds >= 0 for seconds in prepared.cpu.values())
+    assert prepared.cpu["decode"] > 0  # a 640×480 noise JPEG takes a measurable decode
+    url = json.dumps({"id": "u1", "image_url": "https://example.com/a.jpg"}).encode()
+    assert set(prepare_record(url, [], max_bytes=1 << 20, spec=SPEC).cpu) == {"parse"}
+
+
+def test_decode_counted_gives_the_same_pixels_and_its_cpu() -> None:
+    data = _jpeg()
+    decoded = prepare_module.decode_counted(data, SPEC)
+    np.testing.assert_array_equal(decoded.pixels, decode_image(data, SPEC))
+    assert set(decoded.cpu) == {"decode", "resize"}
