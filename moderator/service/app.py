@@ -175,6 +175,7 @@ class Service:
             max_wait_s=s.pipeline.max_wait_ms / 1000,
             on_batch=self.sensor.on_batch,
             on_stage=self.sensor.on_stage,
+            on_cpu=self.sensor.on_cpu,
         )
         batcher.start()
         stack.push_async_callback(_quietly, batcher.stop)
@@ -237,7 +238,9 @@ class Service:
     ) -> DecodePool:
         workers = self.settings.pipeline.decode_workers or os.cpu_count() or 1
         started = time.monotonic()
-        pool = DecodePool(workers, spec, on_replaced=self.sensor.on_pool_replaced)
+        pool = DecodePool(
+            workers, spec, on_replaced=self.sensor.on_pool_replaced, on_cpu=self.sensor.on_cpu
+        )
         stack.push_async_callback(_quietly, pool.close)
         await pool.start()
         self.decode_pool = pool
