@@ -11,9 +11,10 @@ Stages, in path order:
   parse      a record's JSON or CloudEvent headers (in a decode process or on the loop)
   base64     decoding an inline image's base64
   hash       sha256 of the image bytes
-  decode     image bytes to pixels (Pillow, libspng), or the GPU decoder's host side
+  decode     image bytes to pixels in a decode process (Pillow, libspng)
   resize     pixels to the model's input size, on the CPU
   batch      stacking pixels into a batch and handing it to the model thread
+  gpu_decode the GPU decoder's host side (nvImageCodec calls), in its own thread
   infer      the model call's host side, on the thread that calls it
   score      the policy over a batch's embeddings
   serialize  the verdict record's JSON
@@ -37,6 +38,7 @@ STAGES: Final = (
     "decode",
     "resize",
     "batch",
+    "gpu_decode",
     "infer",
     "score",
     "serialize",

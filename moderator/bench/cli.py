@@ -203,6 +203,24 @@ def e2e(
         str, typer.Option(help="GPU ids given to the replicas in turn, e.g. 0,1 (default: as set).")
     ] = "",
     keep_topics: Annotated[bool, typer.Option(help="Leave the bench topics behind.")] = False,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            help="Inline images as json (base64 in a JSON event) or binary (CloudEvents: the"
+            " image as the record value, attributes as ce_* headers)."
+        ),
+    ] = "json",
+    cores_broker: Annotated[
+        str | None,
+        typer.Option(
+            help="Pin the local broker to these cores, e.g. 0-7 (the service gets"
+            " the cores neither this nor --cores-load names)."
+        ),
+    ] = None,
+    cores_load: Annotated[
+        str | None,
+        typer.Option(help="Pin the load generator and the answer collector to these cores."),
+    ] = None,
     as_json: JsonOption = False,
     out: OutOption = None,
 ) -> None:
@@ -221,6 +239,8 @@ def e2e(
         devices = _ints(replica_devices, "--replica-devices") if replica_devices else []
         if precision not in ("auto", "fp16", "fp32", "int8"):
             raise ConfigError(f"--precision must be auto, fp16, fp32 or int8, got {precision!r}")
+        if encoding not in ("json", "binary"):
+            raise ConfigError(f"--encoding must be json or binary, got {encoding!r}")
         options = E2EOptions(
             model=model,
             events=events,
@@ -244,6 +264,9 @@ def e2e(
             replicas=replicas,
             replica_devices=devices,
             keep_topics=keep_topics,
+            encoding=encoding,
+            cores_broker=cores_broker,
+            cores_load=cores_load,
         )
         report = asyncio.run(run_e2e_bench(options))
     except REPORTED as exc:

@@ -98,7 +98,7 @@ class Batcher:
         # "gpu_wait" (for the previous batch's second stage), "gpu_finish" (resize, model).
         # Called from the stage threads too: it must be thread-safe (Prometheus metrics are).
         self._on_stage = on_stage or (lambda stage, seconds: None)
-        # CPU seconds by `moderator.cpu` stage (`batch`, `infer`, a GPU decoder's `decode`),
+        # CPU seconds by `moderator.cpu` stage (`batch`, `infer`, `gpu_decode`),
         # on the thread that spent them; thread-safe, as `on_stage`.
         self._on_cpu = on_cpu or (lambda stage, seconds: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -207,7 +207,7 @@ class Batcher:
                     continue
                 try:  # overlaps the previous batch's second stage
                     decoded = await loop.run_in_executor(
-                        decoding, self._clocked, "gpu_decode", "decode", device.decode, items
+                        decoding, self._clocked, "gpu_decode", "gpu_decode", device.decode, items
                     )
                 except Exception as exc:
                     self._fail(batch, exc)

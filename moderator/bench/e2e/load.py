@@ -4,15 +4,17 @@ their own, either N as fast as possible (a preload) or at a rate for a while."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import multiprocessing
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from moderator import kafka
 from moderator.bench.e2e.options import SURFACE
+from moderator.pipeline.events import cloudevent_headers
 from moderator.settings import KafkaSettings
 
 _SEND_TICK_S: Final = 0.002  # rate-limited producers send what is due every tick
@@ -20,18 +22,32 @@ _SEND_TICK_S: Final = 0.002  # rate-limited producers send what is due every tic
 
 @dataclass(frozen=True)
 class Pool:
-    """Pre-encoded pieces of event JSON, so an event costs one concatenation to build."""
+    """Pre-encoded pieces of events, so an event costs one concatenation to build.
 
-    inline: list[bytes]  # base64 of each image
+    Inline images go as JSON with base64 (`encoding="json"`) or as binary-mode CloudEvents:
+    the image bytes as the value, the attributes as `ce_*` headers (`"binary"`). URL events
+    are JSON either way."""
+
+    images: list[bytes]  # each image's bytes
+    content_types: list[str]  # image/jpeg, image/png
     urls: list[bytes]  # its URL on the local image server ([] without one)
     url_fraction: float
+    encoding: str = "json"
+    inline: list[bytes] = field(init=False)  # base64 of each image, for JSON events
 
-    def event(self, index: int, event_id: str) -> bytes:
-        k = index % len(self.inline)
+    def __post_init__(self) -> None:
+        encoded = [base64.b64encode(i) for i in self.images] if self.encoding == "json" else []
+        object.__setattr__(self, "inline", encoded)
+
+    def event(self, index: int, event_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """(value, headers) of event `index`."""
+        k = index % len(self.images)
         head = b'{"id":"' + event_id.encode() + b'","surface":"' + SURFACE.encode() + b'",'
         if self.urls and (index % 100) < round(self.url_fraction * 100):
-            return head + b'"image_url":"' + self.urls[k] + b'"}'
-        return head + b'"image_b64":"' + self.inline[k] + b'"}'
+            return head + b'"image_url":"' + self.urls[k] + b'"}', []
+        if self.encoding == "binary":
+            return self.images[k], cloudevent_headers(event_id, self.content_types[k], SURFACE)
+        return head + b'"image_b64":"' + self.inline[k] + b'"}', []
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,11 @@ async def _produce(job: _ProduceJob) -> Produced:
         async def send(i: int) -> None:
             event_id = f"{job.prefix}-{i}"
             now_ms = int(time.time() * 1000)
-            value = job.pool.event(i, event_id)
+            value, headers = job.pool.event(i, event_id)
             acks.append(
-                await producer.send(job.topic, value, key=event_id.encode(), timestamp_ms=now_ms)
+                await producer.send(
+                    job.topic, value, key=event_id.encode(), headers=headers, timestamp_ms=now_ms
+                )
             )
             ids.append(event_id)
             stamps.append(now_ms)

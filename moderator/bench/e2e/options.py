@@ -58,6 +58,9 @@ class E2EOptions:
     replica_devices: Sequence[int] = ()
     keep_topics: bool = False
     seed: int = 0
+    encoding: str = "json"  # inline images as JSON + base64, or "binary" CloudEvents
+    cores_broker: str | None = None  # e.g. "0-7": pin the local broker there
+    cores_load: str | None = None  # the load generator and collector (this process)
 
 
 def default_events(model: str) -> int:

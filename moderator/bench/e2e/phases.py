@@ -28,6 +28,13 @@ from moderator.bench.e2e.options import (
     Progress,
     percentile,
 )
+from moderator.bench.e2e.usage import (
+    GpuBusy,
+    Watch,
+    cpu_report,
+    stage_budget,
+    stage_seconds,
+)
 from moderator.harness.fleet import Fleet
 
 Start = Callable[[], Awaitable[Fleet]]
@@ -76,6 +83,38 @@ class Phase:
         }
 
 
+class Usage:
+    """CPU by group and stage, and GPU busy %, over one phase of one system (`usage`)."""
+
+    def __init__(self, watch: Watch, system: Fleet) -> None:
+        self._meter = watch.meter(lambda: [r.pid for r in system.replicas])
+        self._urls = system.urls("/metrics")
+        self._gpu = GpuBusy(watch.gpus)
+        self._before = self._meter.snapshot()
+        self._stages: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self._stages = stage_seconds(await scrape(self._urls))
+        self._gpu.start()
+        self._before = self._meter.snapshot()
+
+    async def stop(self, events: int) -> dict[str, Any]:
+        after = self._meter.snapshot()
+        gpu = self._gpu.stop()
+        cpu = cpu_report(self._before, after, events)
+        out: dict[str, Any] = {"cpu_ms_per_event": cpu}
+        stages = stage_seconds(await scrape(self._urls))
+        if stages:  # ours: the service counts its stages
+            out["stage_cpu_us_per_event"] = stage_budget(self._stages, stages, cpu)
+        if self._gpu.wanted:
+            out |= gpu
+        return out
+
+    @property
+    def since(self) -> float:
+        return self._before.at
+
+
 async def max_phase(
     name: str,
     start: Start,
@@ -83,6 +122,7 @@ async def max_phase(
     events: int,
     limit_s: float,
     progress: Progress,
+    watch: Watch,
 ) -> tuple[Phase, Fleet]:
     """Start the system on the preloaded topic, time it from ready to the N-th answer."""
     await collector.start()
@@ -91,6 +131,8 @@ async def max_phase(
         # The clock starts when the first replica is ready: the others still loading count
         # against the rate, never work done before the clock (a conservative figure).
         t0, all_ready = await system.wait_ready(READY_TIMEOUT_S)
+        usage = Usage(watch, system)
+        await usage.start()
         loop_cpu_0 = system.main_thread_cpu_s()
         progress(f"{name}: ready; consuming {events} preloaded events")
         deadline = t0 + limit_s
@@ -101,6 +143,9 @@ async def max_phase(
                 complete = True
                 break
         t1 = max(collector.arrived.values(), default=time.monotonic()) if complete else None
+        # From all replicas ready: the answers since then, and the CPU they took.
+        counted = sum(1 for t in collector.arrived.values() if t > usage.since)
+        used = await usage.stop(counted)
         elapsed = (t1 or time.monotonic()) - t0
         first = min(collector.arrived.values(), default=None)
         phase = Phase(
@@ -112,6 +157,7 @@ async def max_phase(
             complete,
             dead=collector.dead,
             first_answer_s=None if first is None else first - t0,
+            extra=used,
         )
         if len(system.replicas) > 1:
             phase.extra["all_ready_after_s"] = round(all_ready - t0, 3)
@@ -151,11 +197,14 @@ async def half_phase(
     topic: str,
     rate: float,
     progress: Progress,
+    watch: Watch,
 ) -> Phase:
     await collector.start()
     system = await start()
     try:
         await system.wait_ready(READY_TIMEOUT_S)
+        usage = Usage(watch, system)
+        await usage.start()
         progress(f"{name}: producing {rate:.1f} events/s for {opts.duration:.0f} s")
         produced = await asyncio.to_thread(
             run_producers,
@@ -170,6 +219,7 @@ async def half_phase(
         deadline = time.monotonic() + max(60.0, opts.duration)
         complete = await collector.wait_for(len(produced.ids), deadline)
         system.check_alive()
+        used = await usage.stop(sum(1 for t in collector.arrived.values() if t > usage.since))
         metrics = await scrape(system.urls("/metrics"))
     finally:
         await system.stop()
@@ -193,7 +243,8 @@ async def half_phase(
         offered_rate=rate,
         input_rate=len(produced.ids) / produced.seconds if produced.seconds else None,
         latencies_ms=latencies,
-        extra=slow_event_stages(latency_by_id, collector.timings_by_id)
+        extra=used
+        | slow_event_stages(latency_by_id, collector.timings_by_id)
         | batch_stages(metrics)
         | loop_lag(metrics)
         | latency_by_second(sent, collector.answered),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,6 +25,7 @@ from moderator.bench.e2e.options import (
 from moderator.bench.e2e.phases import Phase, half_phase, max_phase
 from moderator.bench.e2e.summary import COLUMNS, summarize
 from moderator.bench.e2e.systems import start_naive, start_ours
+from moderator.bench.e2e.usage import Watch, broker_pids, core_list, pin, split_cores
 from moderator.bench.images import bench_images
 from moderator.bench.model import resolve_bench_model
 from moderator.bench.report import Report
@@ -75,7 +76,9 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
         "replicas": opts.replicas,
         "replica_devices": list(opts.replica_devices) or None,
         "precision": precision,
+        "encoding": opts.encoding,
     }
+    watch = _watch(opts, report)
     peer_dir = bench_model.hf_dir if opts.peer else None
     if opts.peer and peer_dir is None:
         why = f"; {bench_model.note}" if bench_model.note else ""
@@ -86,7 +89,6 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
     progress(f"generating {opts.unique} photo-like 1024x768 images")
     images = bench_images(opts.unique, seed=opts.seed, png_fraction=opts.png_fraction)
     report.config["image_bytes_mean"] = int(np.mean([len(i.data) for i in images]))
-    inline = [base64.b64encode(i.data) for i in images]
     names = [f"{i}.{'jpg' if image.format == 'JPEG' else 'png'}" for i, image in enumerate(images)]
     settings = KafkaSettings(bootstrap_servers=opts.broker)
     topics = Topics(settings, f"moderator-bench-{uuid.uuid4().hex[:8]}-")
@@ -99,7 +101,8 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
             served = {name: image.data for name, image in zip(names, images, strict=True)}
             server = ImageServerProcess(served, folder / "images")
         urls = [server.url(name).encode() for name in names] if server else []
-        pool = Pool(inline, urls, opts.url_fraction)
+        types = [f"image/{image.format.lower()}" for image in images]
+        pool = Pool([i.data for i in images], types, urls, opts.url_fraction, opts.encoding)
         try:
             phases = await _phases(
                 opts,
@@ -112,6 +115,7 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
                 folder,
                 report,
                 progress,
+                watch,
             )
         finally:
             if server is not None:
@@ -122,6 +126,34 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
     summarize(report, phases, opts)
     report.finish()
     return report
+
+
+def _watch(opts: E2EOptions, report: Report) -> Watch:
+    """What the phases watch; with `--cores-broker`/`--cores-load`, the broker and this
+    process (the collector, and the load generator's processes it spawns) are pinned now,
+    and the system under test on the rest once ready. The split goes in the report."""
+    try:
+        split = split_cores(opts.cores_broker, opts.cores_load)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    broker = broker_pids(opts.broker)
+    report.config["broker_pids_watched"] = len(broker)
+    gpus = list(opts.replica_devices) or ([0] if "cuda" in opts.providers and _has_gpu() else [])
+    if split is None:
+        report.config["cores"] = {"all": core_list(os.sched_getaffinity(0))}
+        return Watch(broker, None, gpus)
+    if split["broker"]:
+        if not broker:
+            raise ConfigError(f"--cores-broker: no local process listens at {opts.broker}")
+        pin(broker, split["broker"])
+    if split["load"]:
+        os.sched_setaffinity(0, split["load"])
+    report.config["cores"] = {name: core_list(cores) for name, cores in split.items()}
+    return Watch(broker, split["service"], gpus)
+
+
+def _has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists()
 
 
 async def _topic_group(topics: Topics, label: str, partitions: int) -> dict[str, str]:
@@ -148,6 +180,7 @@ async def _phases(
     folder: Path,
     report: Report,
     progress: Progress,
+    watch: Watch,
 ) -> list[Phase]:
     phases: list[Phase] = []
     shared = await _topic_group(topics, "max", opts.partitions)
@@ -180,6 +213,7 @@ async def _phases(
             events,
             opts.timeout,
             progress,
+            watch,
         )
         metrics = await scrape(system.urls("/metrics"))
         await system.stop()
@@ -213,6 +247,7 @@ async def _phases(
                 events,
                 opts.timeout,
                 progress,
+                watch,
             )
             await system.stop()
         finally:
@@ -243,7 +278,15 @@ async def _phases(
         try:
             phases.append(
                 await half_phase(
-                    p.system, start, collector, opts, pool, half["input"], p.rate / 2, progress
+                    p.system,
+                    start,
+                    collector,
+                    opts,
+                    pool,
+                    half["input"],
+                    p.rate / 2,
+                    progress,
+                    watch,
                 )
             )
         finally:

@@ -3,7 +3,7 @@ load, p50/p99 at half load) and the notes that say where ours spent its time."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from moderator.bench.e2e.measures import bound
 from moderator.bench.e2e.options import E2EOptions, percentile
@@ -20,6 +20,10 @@ COLUMNS: Final = [
     Column("p50_ms", "p50 ms"),
     Column("p99_ms", "p99 ms"),
     Column("max_ms", "max ms"),
+    Column("cpu_service_ms", "service CPU ms/ev"),
+    Column("cpu_broker_ms", "broker ms/ev"),
+    Column("cpu_load_ms", "load ms/ev"),
+    Column("gpu_busy", "GPU busy %"),
     Column("dlq", "dlq"),
     Column("complete", "complete"),
 ]
@@ -27,7 +31,7 @@ COLUMNS: Final = [
 
 def summarize(report: Report, phases: list[Phase], opts: E2EOptions) -> None:
     """Fill `report`'s rows, results and notes from the phases that ran."""
-    report.rows = [p.row() for p in phases]
+    report.rows = [_flat_usage(p.row()) for p in phases]
     by = {(p.system, p.load): p for p in phases}
     ours, naive = by.get(("ours", "max")), by.get(("naive", "max"))
     ours_half, naive_half = by.get(("ours", "half")), by.get(("naive", "half"))
@@ -76,8 +80,30 @@ def summarize(report: Report, phases: list[Phase], opts: E2EOptions) -> None:
             f" mean {lag['mean_ms']:g} ms, p99 {bound(lag['p99_le_ms'])},"
             f" largest {bound(lag['max_le_ms'])}"
         )
+    ours_budget = ours.extra.get("stage_cpu_us_per_event") if ours else None
+    if ours and ours_budget:
+        cpu = ours.extra["cpu_ms_per_event"]
+        report.notes.append(
+            f"ours at max load, CPU per event: service {cpu['service_ms']:g} ms (event loops"
+            f" {cpu['service_loop_ms']:g}, other threads {cpu['service_threads_ms']:g}, decode"
+            f" processes {cpu['service_decode_processes_ms']:g}), broker {cpu['broker_ms']:g},"
+            f" load generator and collector {cpu['load_ms']:g}; by stage, µs: "
+            + ", ".join(f"{name} {us:g}" for name, us in ours_budget.items() if us)
+        )
     if opts.replicas > 1:
         report.notes.append(
             "replicas: the clock starts when the first is ready; verdicts_s_all_ready counts "
             "only the answers after the last one was ready (start-up rebalances left out)"
         )
+
+
+def _flat_usage(row: dict[str, Any]) -> dict[str, Any]:
+    """The table's CPU and GPU columns from a row's nested usage figures."""
+    cpu = row.get("cpu_ms_per_event") or {}
+    busy = row.get("gpu_busy_pct") or {}
+    return row | {
+        "cpu_service_ms": cpu.get("service_ms"),
+        "cpu_broker_ms": cpu.get("broker_ms"),
+        "cpu_load_ms": cpu.get("load_ms"),
+        "gpu_busy": "/".join(f"{v:g}" for v in busy.values()) or None,
+    }

@@ -3,7 +3,6 @@ stage breakdown of slow events."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -20,22 +19,27 @@ from moderator.bench.images import bench_images
 from moderator.pipeline.events import parse_event
 
 
-def test_bench_events_are_events_the_service_accepts() -> None:
+@pytest.mark.parametrize("encoding", ["json", "binary"])
+def test_bench_events_are_events_the_service_accepts(encoding: str) -> None:
     images = bench_images(2, seed=3, width=64, height=48, png_fraction=0.5)
     pool = Pool(
-        [base64.b64encode(i.data) for i in images],
+        [i.data for i in images],
+        [f"image/{i.format.lower()}" for i in images],
         [b"http://127.0.0.1:1/0.jpg", b"http://127.0.0.1:1/1.png"],
         url_fraction=0.25,
+        encoding=encoding,
     )
     kinds = []
     for index in range(100):
-        value = pool.event(index, f"evt-{index}")
-        json.loads(value)  # well-formed JSON
-        event = parse_event(value, [], max_bytes=20 * 1024 * 1024)
+        value, headers = pool.event(index, f"evt-{index}")
+        if encoding == "json" or not headers:
+            json.loads(value)  # well-formed JSON
+        event = parse_event(value, headers, max_bytes=20 * 1024 * 1024)
         assert event.id == f"evt-{index}"
         assert event.surface == "upload"
         if event.image_bytes is not None:
             assert event.image_bytes == images[index % 2].data
+            assert (value == images[index % 2].data) == (encoding == "binary")
             kinds.append("inline")
         else:
             assert (
