@@ -106,3 +106,39 @@ async def start_naive(
     )
     await fleet.scale(1)
     return fleet
+
+
+async def start_strong(
+    opts: E2EOptions,
+    checkpoint: Path,
+    policy: Path,
+    topics: dict[str, str],
+    group: str,
+    log_dir: Path,
+) -> Fleet:
+    """The strong peer (`moderator.bench.strong`), started as the naive one is. Its batch is
+    its own (64) unless `--peer-batch` asks for more than 1."""
+    ready_file = log_dir.with_suffix(".ready")
+    ready_file.unlink(missing_ok=True)
+    args = [
+        *("--bootstrap", opts.broker, "--input", topics["input"]),
+        *("--verdicts", topics["verdicts"], "--group", group),
+        *("--checkpoint", str(checkpoint), "--policy", str(policy)),
+        *(("--batch", str(opts.peer_batch)) if opts.peer_batch > 1 else ()),
+        *("--threads", str(opts.peer_threads), "--ready-file", str(ready_file)),
+    ]
+
+    def ready(_replica: Replica) -> bool:
+        return ready_file.is_file()
+
+    fleet = Fleet(
+        {},
+        log_dir,
+        ready=ready,
+        name="strong peer",
+        command=("-m", "moderator.bench.strong", *args),
+        supervise=False,
+        inherit_settings=False,
+    )
+    await fleet.scale(1)
+    return fleet
