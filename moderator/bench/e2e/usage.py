@@ -164,7 +164,7 @@ def cpu_report(before: Snapshot, after: Snapshot, events: int) -> dict[str, Any]
     }
 
 
-_CPU_SAMPLE = re.compile(r'^moderator_cpu_seconds_total\{stage="([a-z_]+)"\} (\S+)$', re.M)
+_CPU_SAMPLE = re.compile(r'^moderator_cpu_seconds_total\{stage="([a-z0-9_]+)"\} (\S+)$', re.M)
 
 
 def stage_seconds(metrics_texts: Sequence[str]) -> dict[str, float]:

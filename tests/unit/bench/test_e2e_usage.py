@@ -56,11 +56,12 @@ def test_stage_budget_names_what_the_stages_left_unclaimed() -> None:
     text = (
         'moderator_cpu_seconds_total{stage="decode"} 3.0\n'
         'moderator_cpu_seconds_total{stage="score"} 0.25\n'
+        'moderator_cpu_seconds_total{stage="base64"} 0.125\n'
         'moderator_cpu_seconds_total{stage="infer"} 0.5\n'
         "moderator_cpu_seconds_created 1.7e9\n"
     )
     after = stage_seconds([text, text])  # two replicas
-    assert after == {"decode": 6.0, "score": 0.5, "infer": 1.0}
+    assert after == {"decode": 6.0, "score": 0.5, "base64": 0.25, "infer": 1.0}
     cpu = {
         "events": 1000,
         "service_loop_ms": 2.0,
@@ -72,8 +73,8 @@ def test_stage_budget_names_what_the_stages_left_unclaimed() -> None:
     assert budget["score"] == 500.0
     assert budget["fetch"] == 1500.0  # the loop's 2 ms less its named stages
     assert budget["threads_other"] == 500.0
-    assert budget["workers_other"] == 2000.0
-    assert budget["base64"] == 0.0
+    assert budget["workers_other"] == 1750.0
+    assert budget["base64"] == 250.0
 
 
 def test_core_lists_round_trip() -> None:
