@@ -83,7 +83,7 @@ class Batcher:
         max_wait_s: float,
         on_batch: Callable[[int, float, float], None] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
-        on_cpu: Callable[[str, float], None] | None = None,
+        on_cpu: Callable[[str, float, str], None] | None = None,
     ) -> None:
         if not infers:
             raise ValueError("at least one inference callable is needed")
@@ -98,9 +98,9 @@ class Batcher:
         # "gpu_wait" (for the previous batch's second stage), "gpu_finish" (resize, model).
         # Called from the stage threads too: it must be thread-safe (Prometheus metrics are).
         self._on_stage = on_stage or (lambda stage, seconds: None)
-        # CPU seconds by `moderator.cpu` stage (`batch`, `infer`, `gpu_decode`),
-        # on the thread that spent them; thread-safe, as `on_stage`.
-        self._on_cpu = on_cpu or (lambda stage, seconds: None)
+        # CPU seconds by `moderator.cpu` stage (`batch` on the loop, `infer` and `gpu_decode`
+        # in their threads) and where; thread-safe, as `on_stage`.
+        self._on_cpu = on_cpu or (lambda stage, seconds, where: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._pools: list[ThreadPoolExecutor] = []
@@ -169,7 +169,7 @@ class Batcher:
         if not hosts:
             return np.zeros((len(items), 0), np.float32), failed
         stacked = np.stack(hosts)
-        self._on_cpu("batch", thread_cpu() - started)
+        self._on_cpu("batch", thread_cpu() - started, "loop")
         rows = await asyncio.get_running_loop().run_in_executor(
             pool, self._counted, "infer", infer, stacked
         )
@@ -238,7 +238,7 @@ class Batcher:
         try:
             return call(arg)
         finally:
-            self._on_cpu(cpu_stage, thread_cpu() - started)
+            self._on_cpu(cpu_stage, thread_cpu() - started, "thread")
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
         """Inference failures are the service's, not the event's: every waiter gets them, as

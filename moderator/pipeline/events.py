@@ -229,13 +229,18 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def is_cloudevent(headers: Headers) -> bool:
+    """Whether a record is a binary-mode CloudEvent (its value is the image itself)."""
+    return _header(headers, "ce_specversion") is not None or _header(headers, "ce_id") is not None
+
+
 def parse_event(
     value: bytes | None, headers: Headers, *, max_bytes: int, tally: Tally | None = None
 ) -> ImageEvent:
     """Parse a Kafka record into an ImageEvent, or raise EventError / TooLarge. `tally`, when
     given, is charged the CPU of parsing (`parse`) and of an inline image's base64 (`base64`).
     """
-    if _header(headers, "ce_specversion") is not None or _header(headers, "ce_id") is not None:
+    if is_cloudevent(headers):
         parsed = _parse_cloudevent(value, headers, max_bytes=max_bytes)
         if tally is not None:
             tally.lap("parse")

@@ -15,12 +15,13 @@ one it refuses (`NotDecoded`) is decoded on the CPU instead.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 
 from moderator.cache.keys import EmbeddingCache, content_key, image_namespace
+from moderator.cpu import Tally
 from moderator.errors import EventError, InvalidEmbedding, TooLarge
 from moderator.kafka import records
 from moderator.kafka.types import Record
@@ -31,7 +32,7 @@ from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.pool import DecodePool
 from moderator.pipeline.decode.prepare import decode_counted, prepare_record
 from moderator.pipeline.decode.resize import gpu_eligible
-from moderator.pipeline.events import ImageEvent, parse_event
+from moderator.pipeline.events import ImageEvent, is_cloudevent, parse_event
 from moderator.service.sensor import Sensor
 from moderator.types import Pixels
 
@@ -99,6 +100,10 @@ class Embedder:
             raise TooLarge(
                 f"record value is {size} bytes: over any event with a {max_bytes}-byte image"
             )
+        if self._cache is None and self._gpu and is_cloudevent(record.headers):
+            gpu_ready = self._gpu_cloudevent(record)
+            if gpu_ready is not None:
+                return gpu_ready
         if self._cache is None:
             t = time.monotonic()
             prepared = await self._pool.run(
@@ -113,7 +118,7 @@ class Embedder:
             )
             # Its own stage: waiting for a worker, parsing, hashing and decoding.
             self._time(timings, "prepare", t)
-            self._sensor.on_cpu_tally(prepared.cpu)
+            self._sensor.on_cpu_tally(prepared.cpu, "worker")
             event = prepared.event
             if prepared.image_sha256 is not None:
                 jpeg = None if prepared.jpeg is None else GpuJpeg(prepared.jpeg)
@@ -122,6 +127,25 @@ class Embedder:
             event = parse_event(record.value, record.headers, max_bytes=max_bytes)
         data, attempts = await self._acquire(event, hold, timings)
         return Prepared(event, content_key(data), None, data, attempts)
+
+    def _gpu_cloudevent(self, record: Record) -> Prepared | None:
+        """A binary CloudEvent whose value is a JPEG the GPU decoder takes: parsed and hashed
+        here, with no trip to a decode process (which would only send the bytes back).
+        None for any other image, which takes the usual path."""
+        tally = Tally()
+        event = parse_event(
+            record.value, record.headers, max_bytes=self._spec.max_bytes, tally=tally
+        )
+        data = event.image_bytes
+        ready = None
+        if data is not None and gpu_eligible(data, self._spec):
+            tally.lap("decode")  # the header read
+            ready = Prepared(
+                replace(event, image_bytes=None), content_key(data), None, GpuJpeg(data), 1
+            )
+            tally.lap("hash")
+        self._sensor.on_cpu_tally(tally.seconds, "loop")
+        return ready
 
     async def embed(self, prepared: Prepared, timings: dict[str, float]) -> tuple[np.ndarray, bool]:
         """(embedding, from the cache?): cached, or decoded as needed and embedded in a batch."""
@@ -175,7 +199,7 @@ class Embedder:
             t = time.monotonic()
             decoded = await self._pool.run(decode_counted, data, self._spec)
             self._time(timings, "decode", t)
-            self._sensor.on_cpu_tally(decoded.cpu)
+            self._sensor.on_cpu_tally(decoded.cpu, "worker")
             pixels = decoded.pixels
         self._sensor.on_decode("cpu")
         return await self._batcher.embed(pixels)

@@ -66,9 +66,9 @@ class Metrics:
         )
         self.cpu_seconds = Counter(
             "moderator_cpu_seconds",
-            "CPU time by stage of the data path, on the thread that did the work (decode"
-            " stages in the decode processes); moderator.cpu lists the stages.",
-            ["stage"],
+            "CPU time by stage of the data path (moderator.cpu lists them) and where it was"
+            " spent: the event loop, another thread of the process, or a decode process.",
+            ["stage", "where"],
             registry=r,
         )
         self.loop_lag = Histogram(

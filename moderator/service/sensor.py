@@ -49,13 +49,15 @@ class Sensor:
     def on_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_seconds.labels(stage).observe(seconds)
 
-    def on_cpu(self, stage: str, seconds: float) -> None:
-        """CPU seconds one thread spent in `stage` (one of `moderator.cpu.STAGES`)."""
-        self.metrics.cpu_seconds.labels(stage).inc(max(0.0, seconds))
+    def on_cpu(self, stage: str, seconds: float, where: str = "loop") -> None:
+        """CPU seconds spent in `stage` (one of `moderator.cpu.STAGES`) on the event loop
+        (`loop`), another thread of the service's process (`thread`) or a decode process
+        (`worker`)."""
+        self.metrics.cpu_seconds.labels(stage, where).inc(max(0.0, seconds))
 
-    def on_cpu_tally(self, seconds: Mapping[str, float]) -> None:
+    def on_cpu_tally(self, seconds: Mapping[str, float], where: str = "loop") -> None:
         for stage, spent in seconds.items():
-            self.metrics.cpu_seconds.labels(stage).inc(max(0.0, spent))
+            self.metrics.cpu_seconds.labels(stage, where).inc(max(0.0, spent))
 
     def on_decode(self, where: str) -> None:
         """`cpu`, `gpu`, or `gpu_refused` (the GPU declined and the CPU decoded)."""

@@ -91,7 +91,7 @@ class Usage:
         self._urls = system.urls("/metrics")
         self._gpu = GpuBusy(watch.gpus)
         self._before = self._meter.snapshot()
-        self._stages: dict[str, float] = {}
+        self._stages: dict[tuple[str, str], float] = {}
 
     async def start(self) -> None:
         self._stages = stage_seconds(await scrape(self._urls))

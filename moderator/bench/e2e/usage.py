@@ -22,11 +22,6 @@ from moderator.cpu import STAGES
 from moderator.harness.fleet import children
 
 _TICK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-# Where each stage of `moderator.cpu.STAGES` is counted: on a replica's event loop, in its
-# other threads (the model's, a GPU decoder's), or in its decode processes.
-LOOP_STAGES: Final = ("handoff", "batch", "score", "serialize", "produce", "commit")
-THREAD_STAGES: Final = ("gpu_decode", "infer")
-WORKER_STAGES: Final = ("parse", "base64", "hash", "decode", "resize")
 
 
 def cpu_s(pid: int, thread: int | None = None) -> float:
@@ -164,38 +159,49 @@ def cpu_report(before: Snapshot, after: Snapshot, events: int) -> dict[str, Any]
     }
 
 
-_CPU_SAMPLE = re.compile(r'^moderator_cpu_seconds_total\{stage="([a-z0-9_]+)"\} (\S+)$', re.M)
+_CPU_SAMPLE = re.compile(
+    r'^moderator_cpu_seconds_total\{stage="([a-z0-9_]+)",where="([a-z]+)"\} (\S+)$', re.M
+)
+# Where a replica spends CPU (the metric's `where`), and the group of `cpu_report` it falls in.
+_PLACES: Final = {
+    "loop": "service_loop_ms",
+    "thread": "service_threads_ms",
+    "worker": "service_decode_processes_ms",
+}
+# What a place's CPU outside its named stages is called in the budget.
+_UNNAMED: Final = {"loop": "fetch", "thread": "threads_other", "worker": "workers_other"}
 
 
-def stage_seconds(metrics_texts: Sequence[str]) -> dict[str, float]:
-    """`moderator_cpu_seconds_total` by stage, summed over the replicas' Prometheus texts."""
-    out: dict[str, float] = {}
+def stage_seconds(metrics_texts: Sequence[str]) -> dict[tuple[str, str], float]:
+    """`moderator_cpu_seconds_total` by (stage, where), summed over the replicas' texts."""
+    out: dict[tuple[str, str], float] = {}
     for text in metrics_texts:
-        for stage, value in _CPU_SAMPLE.findall(text):
-            out[stage] = out.get(stage, 0.0) + float(value)
+        for stage, where, value in _CPU_SAMPLE.findall(text):
+            out[(stage, where)] = out.get((stage, where), 0.0) + float(value)
     return out
 
 
 def stage_budget(
-    before: dict[str, float], after: dict[str, float], cpu: dict[str, Any]
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], cpu: dict[str, Any]
 ) -> dict[str, float]:
-    """µs per event by stage (`moderator.cpu.STAGES`), plus what /proc saw that no stage
-    claimed, per place: `fetch` is the event loop's CPU outside its named stages (aiokafka's
-    fetch: socket reads, protocol decoding, record unpacking; asyncio's scheduling; with a
-    cache, parsing and hashing), `threads_other` the replicas' other threads outside theirs
-    (the pipes to the decode processes, ONNX Runtime's thread pool), `workers_other` the
-    decode processes outside theirs (taking work, sending pixels back)."""
+    """µs per event by stage (`moderator.cpu.STAGES`, wherever it ran), plus what /proc saw
+    that no stage claimed, per place: `fetch` is the event loop's CPU outside its named stages
+    (aiokafka's fetch: socket reads, protocol decoding, record unpacking; asyncio's
+    scheduling), `threads_other` the replicas' other threads outside theirs (the pipes to the
+    decode processes, ONNX Runtime's own pool), `workers_other` the decode processes outside
+    theirs (taking work, sending pixels back)."""
     n = max(1, int(cpu["events"]))
-    used = {s: 1e6 * (after.get(s, 0.0) - before.get(s, 0.0)) / n for s in set(after) | set(before)}
-
-    def rest(total_ms: float, stages: Sequence[str]) -> float:
-        return round(max(0.0, 1000 * float(total_ms) - sum(used.get(s, 0.0) for s in stages)), 1)
-
-    budget = {s: round(used.get(s, 0.0), 1) for s in STAGES if s != "fetch"}
-    budget["fetch"] = rest(cpu["service_loop_ms"], LOOP_STAGES)
-    budget["threads_other"] = rest(cpu["service_threads_ms"], THREAD_STAGES)
-    budget["workers_other"] = rest(cpu["service_decode_processes_ms"], WORKER_STAGES)
-    return {s: budget[s] for s in (*STAGES, "threads_other", "workers_other")}
+    keys = set(after) | set(before)
+    used = {k: 1e6 * (after.get(k, 0.0) - before.get(k, 0.0)) / n for k in keys}
+    budget = dict.fromkeys(STAGES, 0.0)
+    for (stage, _where), us in used.items():
+        if stage in budget and stage != "fetch":
+            budget[stage] += us
+    for where, group in _PLACES.items():
+        named = sum(us for (_stage, w), us in used.items() if w == where)
+        budget[_UNNAMED[where]] = max(0.0, 1000 * float(cpu[group]) - named)
+    order = (*STAGES, "threads_other", "workers_other")
+    return {s: round(budget[s], 1) for s in order}
 
 
 class GpuBusy:

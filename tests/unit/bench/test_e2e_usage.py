@@ -54,27 +54,32 @@ def test_cpu_report_divides_each_group_by_the_events_answered() -> None:
 
 def test_stage_budget_names_what_the_stages_left_unclaimed() -> None:
     text = (
-        'moderator_cpu_seconds_total{stage="decode"} 3.0\n'
-        'moderator_cpu_seconds_total{stage="score"} 0.25\n'
-        'moderator_cpu_seconds_total{stage="base64"} 0.125\n'
-        'moderator_cpu_seconds_total{stage="infer"} 0.5\n'
-        "moderator_cpu_seconds_created 1.7e9\n"
+        'moderator_cpu_seconds_total{stage="decode",where="worker"} 3.0\n'
+        'moderator_cpu_seconds_total{stage="hash",where="worker"} 0.125\n'
+        'moderator_cpu_seconds_total{stage="hash",where="loop"} 0.125\n'
+        'moderator_cpu_seconds_total{stage="score",where="loop"} 0.25\n'
+        'moderator_cpu_seconds_total{stage="base64",where="worker"} 0.125\n'
+        'moderator_cpu_seconds_total{stage="infer",where="thread"} 0.5\n'
+        'moderator_cpu_seconds_created{stage="infer",where="thread"} 1.7e9\n'
     )
     after = stage_seconds([text, text])  # two replicas
-    assert after == {"decode": 6.0, "score": 0.5, "base64": 0.25, "infer": 1.0}
+    assert after[("decode", "worker")] == 6.0
+    assert after[("base64", "worker")] == 0.25
+    assert len(after) == 6
     cpu = {
         "events": 1000,
         "service_loop_ms": 2.0,
         "service_threads_ms": 1.5,
         "service_decode_processes_ms": 7.0,
     }
-    budget = stage_budget({"decode": 1.0}, after, cpu)
+    budget = stage_budget({("decode", "worker"): 1.0}, after, cpu)
     assert budget["decode"] == 5000.0  # (6 - 1) s over 1000 events
-    assert budget["score"] == 500.0
-    assert budget["fetch"] == 1500.0  # the loop's 2 ms less its named stages
-    assert budget["threads_other"] == 500.0
-    assert budget["workers_other"] == 1750.0
+    assert budget["hash"] == 500.0  # on the loop and in the workers
     assert budget["base64"] == 250.0
+    assert budget["fetch"] == 1250.0  # the loop's 2 ms less score 0.5 and hash 0.25
+    assert budget["threads_other"] == 500.0
+    assert budget["workers_other"] == 1500.0  # 7 ms less decode 5, hash 0.25, base64 0.25
+    assert budget["resize"] == 0.0
 
 
 def test_core_lists_round_trip() -> None:
