@@ -160,7 +160,14 @@ def e2e(
         int | None, typer.Option(help="Preloaded events (default: 600 demo, 200 b32).")
     ] = None,
     broker: Annotated[str, typer.Option(help="Kafka bootstrap servers.")] = "127.0.0.1:9092",
-    peer: Annotated[str, typer.Option(help="naive, or none.")] = "naive",
+    peer: Annotated[
+        str,
+        typer.Option(
+            help="The peers to run after ours: naive (one event at a time, HF CLIPProcessor),"
+            " strong (batches of 64, nvJPEG through torchvision, torch.compile), naive,strong,"
+            " or none."
+        ),
+    ] = "naive",
     peer_model: Annotated[
         Path | None,
         typer.Option(
@@ -232,8 +239,9 @@ def e2e(
 
     try:
         extra = dict(_pair(item) for item in service_env or [])
-        if peer not in ("naive", "none"):
-            raise ConfigError(f"--peer must be naive or none, got {peer!r}")
+        peers = [] if peer == "none" else [name.strip() for name in peer.split(",")]
+        if any(name not in ("naive", "strong") for name in peers) or len(set(peers)) < len(peers):
+            raise ConfigError(f"--peer takes naive, strong, naive,strong or none, got {peer!r}")
         if replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, got {replicas}")
         devices = _ints(replica_devices, "--replica-devices") if replica_devices else []
@@ -245,7 +253,7 @@ def e2e(
             model=model,
             events=events,
             broker=broker,
-            peer=None if peer == "none" else peer,
+            peers=peers,
             peer_model=peer_model,
             peer_batch=peer_batch,
             peer_threads=peer_threads,

@@ -11,7 +11,7 @@ async def test_bench_e2e_runs_tiny_against_the_broker(kafka_bootstrap: str) -> N
         model="demo",
         events=20,
         broker=kafka_bootstrap,
-        peer=None,
+        peers=(),
         duration=2.0,
         unique=3,
         partitions=2,

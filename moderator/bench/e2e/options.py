@@ -38,7 +38,7 @@ class E2EOptions:
     model: str = DEMO_NAME
     events: int | None = None
     broker: str = "127.0.0.1:9092"
-    peer: str | None = "naive"
+    peers: Sequence[str] = ("naive",)  # "naive", "strong": each runs after ours
     peer_model: Path | None = None
     peer_batch: int = 1
     peer_threads: int = 0

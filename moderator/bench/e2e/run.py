@@ -7,6 +7,7 @@ import contextlib
 import os
 import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,12 @@ from moderator.bench.e2e.options import (
 )
 from moderator.bench.e2e.phases import Phase, half_phase, max_phase
 from moderator.bench.e2e.summary import COLUMNS, summarize
-from moderator.bench.e2e.systems import start_naive, start_ours
+from moderator.bench.e2e.systems import START_PEER, start_ours
 from moderator.bench.e2e.usage import Watch, broker_pids, core_list, pin, split_cores
 from moderator.bench.images import bench_images
 from moderator.bench.model import resolve_bench_model
 from moderator.bench.report import Report
 from moderator.errors import ConfigError
-from moderator.harness.fleet import Fleet
 from moderator.harness.imageserver import ImageServerProcess
 from moderator.harness.topics import Topics
 from moderator.settings import KafkaSettings
@@ -51,7 +51,7 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
         precision=precision,
         peer_model=opts.peer_model,
         progress=progress,
-        peer=opts.peer is not None,
+        peer=bool(opts.peers),
     )
     policy = opts.policy or default_policy(opts.model)
     report = Report("e2e", COLUMNS)
@@ -67,7 +67,7 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
         "partitions": opts.partitions,
         "producers": opts.producers,
         "half_load_seconds": opts.duration,
-        "peer": opts.peer,
+        "peer": ",".join(opts.peers) or None,
         "peer_batch": opts.peer_batch,
         "peer_threads": opts.peer_threads or None,
         "broker": opts.broker,
@@ -79,8 +79,8 @@ async def run_e2e_bench(opts: E2EOptions, progress: Progress = stderr) -> Report
         "encoding": opts.encoding,
     }
     watch = _watch(opts, report)
-    peer_dir = bench_model.hf_dir if opts.peer else None
-    if opts.peer and peer_dir is None:
+    peer_dir = bench_model.hf_dir if opts.peers else None
+    if opts.peers and peer_dir is None:
         why = f"; {bench_model.note}" if bench_model.note else ""
         report.notes.append(
             f"naive peer skipped: no PyTorch checkpoint for {opts.model!r} "
@@ -227,21 +227,24 @@ async def _phases(
     phases.append(phase)
     progress(f"ours: {phase.rate:.1f} verdicts/s")
 
-    # 2. the naive peer at max load, same events
-    if peer_dir is not None:
-        verdicts = await topics.make("naive-verdicts", partitions=opts.partitions)
-        naive_topics = shared | {"verdicts": verdicts}
-        collector = Collector(opts.broker, naive_topics["verdicts"], None, parse=True)
+    # 2. the peers at max load, same events
+    for peer in opts.peers:
+        if peer_dir is None:
+            break
+        verdicts = await topics.make(f"{peer}-verdicts", partitions=opts.partitions)
+        peer_topics = shared | {"verdicts": verdicts}
+        collector = Collector(opts.broker, peer_topics["verdicts"], None, parse=True)
         try:
             phase, system = await max_phase(
-                "naive",
-                lambda: start_naive(
+                peer,
+                partial(
+                    START_PEER[peer],
                     opts,
                     peer_dir,
                     policy,
-                    naive_topics,
-                    f"bench-naive-{uuid.uuid4().hex[:6]}",
-                    folder / "naive-max",
+                    peer_topics,
+                    f"bench-{peer}-{uuid.uuid4().hex[:6]}",
+                    folder / f"{peer}-max",
                 ),
                 collector,
                 events,
@@ -254,11 +257,11 @@ async def _phases(
             await collector.stop()
         phase.extra |= {"decisions": collector.decisions}
         phases.append(phase)
-        progress(f"naive: {phase.rate:.1f} verdicts/s")
+        progress(f"{peer}: {phase.rate:.1f} verdicts/s")
 
     # 3. half load: latency
     for p in list(phases):
-        if p.load != "max" or (p.system == "naive" and not opts.peer_latency):
+        if p.load != "max" or (p.system != "ours" and not opts.peer_latency):
             continue
         half = await _topic_group(topics, f"half-{p.system}", opts.partitions)
         # Ours' verdicts are parsed for their stage timings (`slow_event_stages`).
@@ -266,14 +269,10 @@ async def _phases(
         group = f"bench-{p.system}-half-{uuid.uuid4().hex[:6]}"
         logs = folder / f"{p.system}-half"
         if p.system == "ours":
-
-            async def start(h: dict[str, str] = half, g: str = group, lg: Path = logs) -> Fleet:
-                return await start_ours(opts, onnx_dir, policy, h, g, lg)
+            start = partial(start_ours, opts, onnx_dir, policy, half, group, logs)
         else:
             assert peer_dir is not None
-
-            async def start(h: dict[str, str] = half, g: str = group, lg: Path = logs) -> Fleet:
-                return await start_naive(opts, peer_dir, policy, h, g, lg)
+            start = partial(START_PEER[p.system], opts, peer_dir, policy, half, group, logs)
 
         try:
             phases.append(

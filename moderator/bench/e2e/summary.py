@@ -34,12 +34,15 @@ def summarize(report: Report, phases: list[Phase], opts: E2EOptions) -> None:
     report.rows = [_flat_usage(p.row()) for p in phases]
     by = {(p.system, p.load): p for p in phases}
     ours, naive = by.get(("ours", "max")), by.get(("naive", "max"))
+    strong = by.get(("strong", "max"))
     ours_half, naive_half = by.get(("ours", "half")), by.get(("naive", "half"))
     report.results = {
         "ratio": ours.rate / naive.rate if ours and naive and naive.rate else None,
         "peer": "naive" if naive else None,
         "ours_verdicts_s": ours.rate if ours else None,
         "naive_verdicts_s": naive.rate if naive else None,
+        "ratio_strong": ours.rate / strong.rate if ours and strong and strong.rate else None,
+        "strong_verdicts_s": strong.rate if strong else None,
         "ours_half_load_p50_ms": percentile(ours_half.latencies_ms, 50) if ours_half else None,
         "ours_half_load_p99_ms": percentile(ours_half.latencies_ms, 99) if ours_half else None,
         "naive_half_load_p50_ms": percentile(naive_half.latencies_ms, 50) if naive_half else None,

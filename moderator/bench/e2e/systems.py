@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Final
 
 from moderator.bench.e2e.options import E2EOptions
 from moderator.harness.fleet import Fleet, Replica, kafka_env
@@ -142,3 +143,7 @@ async def start_strong(
     )
     await fleet.scale(1)
     return fleet
+
+
+START_PEER: Final = {"naive": start_naive, "strong": start_strong}
+"""How each peer `bench e2e --peer` names is started."""
