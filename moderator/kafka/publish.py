@@ -12,15 +12,21 @@ refused by the broker, and with idempotence on that refusal leaves the producer 
 later send to the partition; so a verdict that would be too large loses its echoed fields
 (`metadata`, `source`) and says so in `truncated`, and a dead letter that would be too large
 loses the original key, value and headers. NaN and Inf never reach JSON (`allow_nan=False`).
+
+`Publisher.verdict` can charge the CPU it uses on the calling thread to a dict of
+`moderator.cpu` stages: `serialize` for the JSON, `produce` for the producer's send call (its
+own steps only: not the ack, nor what other tasks run while a full buffer makes it wait).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import lru_cache
+from typing import Any, Protocol, TypeVar
 
+from moderator.cpu import thread_cpu
 from moderator.errors import Reason
 from moderator.kafka.client import DEFAULT_MAX_MESSAGE_BYTES, MAX_REQUEST_SIZE
 from moderator.kafka.types import ProducerClient
@@ -34,6 +40,8 @@ _DLQ_KEY_LIMIT = 1024  # bytes of the original key kept when a dead letter must 
 # (varints, ≤ 21), and per header two varints (≤ 10). Sizes are checked with this margin.
 _BATCH_OVERHEAD = 96
 _HEADER_OVERHEAD = 10
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once, not per record
+T = TypeVar("T")
 
 
 def _wire(text: str) -> bytes:
@@ -72,11 +80,7 @@ def verdict_headers(
 ) -> Headers:
     """A verdict's headers; `origin` (topic, partition, offset of the input record) traces it
     back to the record it answers, as a dead letter's `x-original-*` headers do."""
-    headers = [
-        ("content-type", b"application/json"),
-        ("x-policy-version", policy_version.encode()),
-        ("x-model-sha256", model_sha256.encode()),
-    ]
+    headers = list(_verdict_head(policy_version, model_sha256))
     if origin is not None:
         topic, partition, offset = origin
         headers += [
@@ -85,6 +89,16 @@ def verdict_headers(
             ("x-original-offset", str(offset).encode()),
         ]
     return headers
+
+
+@lru_cache(maxsize=64)
+def _verdict_head(policy_version: str, model_sha256: str) -> tuple[tuple[str, bytes], ...]:
+    """The headers every verdict of one policy version and model carries."""
+    return (
+        ("content-type", b"application/json"),
+        ("x-policy-version", policy_version.encode()),
+        ("x-model-sha256", model_sha256.encode()),
+    )
 
 
 def dlq_headers(
@@ -140,7 +154,11 @@ class Failure:
 class VerdictLike(Protocol):
     """A verdict as publishing sees it (`moderator.service.verdict.Verdict` is one)."""
 
-    def wire(self) -> dict[str, Any]: ...
+    def encoded(self) -> bytes:
+        """The record's value: compact JSON, as `encode_json` writes it; raises ValueError on
+        NaN or Inf."""
+        ...
+
     def without_echoed(self) -> VerdictLike:
         """A copy without the fields echoed from the event, naming them in `truncated`."""
         ...
@@ -154,7 +172,41 @@ def record_size(key: bytes | None, value: bytes | None, headers: InHeaders) -> i
 
 def encode_json(record: dict[str, Any]) -> bytes:
     """Compact JSON; raises ValueError on NaN or Inf rather than writing invalid JSON."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _JSON.encode(record).encode("utf-8")
+
+
+def _charge(cpu: dict[str, float], stage: str, started: float) -> None:
+    cpu[stage] = cpu.get(stage, 0.0) + (thread_cpu() - started)
+
+
+class _Charged(Awaitable[T]):
+    """Awaits a coroutine, charging to `cpu[stage]` the CPU of its own steps only: while it
+    is suspended, the loop runs other tasks, and their CPU is theirs."""
+
+    __slots__ = ("_coro", "_cpu", "_stage")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], cpu: dict[str, float], stage: str) -> None:
+        self._coro, self._cpu, self._stage = coro, cpu, stage
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, cpu, stage = self._coro, self._cpu, self._stage
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            started = thread_cpu()
+            try:
+                yielded = coro.send(sent) if thrown is None else coro.throw(thrown)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            finally:
+                _charge(cpu, stage, started)
+            try:
+                sent, thrown = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, thrown in by the task: pass it on
+                sent, thrown = None, exc
 
 
 class Publisher:
@@ -180,20 +232,32 @@ class Publisher:
         topic_limit = self._limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
         return min(topic_limit, MAX_REQUEST_SIZE)
 
-    async def verdict(self, key: str, verdict: VerdictLike, headers: Headers) -> bool:
-        """Send a verdict; returns True if its echoed fields had to be dropped to fit."""
-        raw_key = text_bytes(key)
-        value = encode_json(verdict.wire())
-        limit = self.limit(self._verdict_topic)
-        truncated = record_size(raw_key, value, headers) > limit
-        if truncated:
-            value = encode_json(verdict.without_echoed().wire())
-            if record_size(raw_key, value, headers) > limit:
-                raise ValueError(
-                    f"verdict is {len(value)} bytes without its echoed fields; the topic "
-                    f"{self._verdict_topic} takes {limit}"
-                )
-        await self._send(self._verdict_topic, raw_key, value, headers)
+    async def verdict(
+        self,
+        key: str,
+        verdict: VerdictLike,
+        headers: Headers,
+        cpu: dict[str, float] | None = None,
+    ) -> bool:
+        """Send a verdict; returns True if its echoed fields had to be dropped to fit. With
+        `cpu`, adds this thread's CPU to its `serialize` and `produce` stages."""
+        started = thread_cpu() if cpu is not None else 0.0
+        try:
+            raw_key = text_bytes(key)
+            value = verdict.encoded()
+            limit = self.limit(self._verdict_topic)
+            truncated = record_size(raw_key, value, headers) > limit
+            if truncated:
+                value = verdict.without_echoed().encoded()
+                if record_size(raw_key, value, headers) > limit:
+                    raise ValueError(
+                        f"verdict is {len(value)} bytes without its echoed fields; the topic "
+                        f"{self._verdict_topic} takes {limit}"
+                    )
+        finally:
+            if cpu is not None:
+                _charge(cpu, "serialize", started)
+        await self._send(self._verdict_topic, raw_key, value, headers, cpu)
         return truncated
 
     async def dead_letter(
@@ -227,6 +291,13 @@ class Publisher:
         await self._send(topic, raw_key, value, [])
 
     async def _send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: InHeaders
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: InHeaders,
+        cpu: dict[str, float] | None = None,
     ) -> None:
-        await (await self._producer.send(topic, value, key=key, headers=headers))
+        send = self._producer.send(topic, value, key=key, headers=headers)
+        ack = await (send if cpu is None else _Charged(send, cpu, "produce"))
+        await ack

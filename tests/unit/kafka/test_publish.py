@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -11,9 +12,17 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moderator.cpu import thread_cpu
 from moderator.errors import PublishFailed, Reason
 from moderator.kafka.fake import FakeBroker, FakeProducer
-from moderator.kafka.publish import Failure, Publisher, record_size, safe_name, verdict_headers
+from moderator.kafka.publish import (
+    Failure,
+    Publisher,
+    encode_json,
+    record_size,
+    safe_name,
+    verdict_headers,
+)
 
 
 def _producer() -> FakeProducer:
@@ -40,8 +49,8 @@ class _Verdict:
         self.body: dict[str, Any] = {"id": "e", "decision": "allow"}
         self.body |= {"metadata": metadata, "source": source}
 
-    def wire(self) -> dict[str, Any]:
-        return dict(self.body)
+    def encoded(self) -> bytes:
+        return encode_json(self.body)
 
     def without_echoed(self) -> _Verdict:
         dropped = [f for f in ("metadata", "source") if self.body[f] is not None]
@@ -143,3 +152,60 @@ async def test_a_topic_over_the_producers_request_limit_is_held_to_that_limit() 
     await publisher.dead_letter(b"k", b"v" * (17 * 1024 * 1024), [], failure)
     (sent,) = _sent(producer)
     assert sent["value"] is None  # 17 MiB would pass the topic and fail aiokafka's own check
+
+
+class _SlowProducer(FakeProducer):
+    """A producer whose send call waits (as aiokafka's does when its buffer is full)."""
+
+    def __init__(self, broker: FakeBroker, wait_s: float) -> None:
+        super().__init__(broker)
+        self.wait_s = wait_s
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(self.wait_s)
+        return await super().send(*args, **kwargs)
+
+
+def _burn(seconds: float) -> float:
+    started = thread_cpu()
+    while thread_cpu() - started < seconds:
+        pass
+    return seconds
+
+
+async def test_a_verdict_charges_its_json_and_its_send_to_the_cpu_stages() -> None:
+    producer = _producer()
+    cpu = {"serialize": 1.0}  # added to, not replaced
+    await _publisher(producer).verdict("e", _Verdict({"k": 1}), [], cpu)
+    assert set(cpu) == {"serialize", "produce"}
+    assert cpu["serialize"] > 1.0
+    assert cpu["produce"] > 0
+    assert len(_sent(producer)) == 1
+
+
+async def test_the_send_is_charged_its_own_cpu_not_what_runs_while_it_waits() -> None:
+    producer = _SlowProducer(FakeBroker(), wait_s=0.05)
+    cpu: dict[str, float] = {}
+    burnt: list[float] = []
+    asyncio.get_running_loop().call_later(0.01, lambda: burnt.append(_burn(0.1)))
+    await _publisher(producer).verdict("e", _Verdict(), [], cpu)
+    assert burnt  # another task's 0.1 s of CPU ran while the send waited
+    assert 0 < cpu["produce"] < 0.05
+    assert len(_sent(producer)) == 1
+
+
+async def test_a_charged_send_passes_on_refusals_and_cancellations() -> None:
+    producer = _producer()
+    producer.broker.fail_sends = 1
+    cpu: dict[str, float] = {}
+    with pytest.raises(PublishFailed, match="verdicts"):
+        await _publisher(producer).verdict("e", _Verdict(), [], cpu)
+    assert cpu["produce"] > 0
+
+    slow = _SlowProducer(FakeBroker(), wait_s=10)
+    task = asyncio.create_task(_publisher(slow).verdict("e", _Verdict(), [], cpu))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _sent(slow) == []

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from moderator.demo.shapes import generate
 from moderator.embed import load_model
 from moderator.embed.runtime import ClipRuntime
+from moderator.kafka.publish import encode_json
 from moderator.pipeline.events import ImageEvent
 from moderator.policy import (
     Action,
@@ -33,8 +34,9 @@ from moderator.policy import (
     compile_policy,
     load_policies,
 )
-from moderator.policy.score import Outcome
-from moderator.service.verdict import Echoed, Verdict, build_verdict
+from moderator.policy.schema import Mode, Severity
+from moderator.policy.score import ConceptScore, Outcome, Status
+from moderator.service.verdict import Echoed, Verdict, _figure, build_verdict
 from moderator.types import Decision, Embeddings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -98,6 +100,8 @@ def test_the_demo_verdicts_cover_every_decision_and_all_fit_the_schema(demo: Dem
     assert any(v.shadow for v in verdicts)
     assert any(m.action is Action.LOG for v in verdicts for m in v.matches)
     for verdict in verdicts:
+        assert verdict.encoded() == encode_json(verdict.wire())
+        assert verdict.without_echoed().encoded() == encode_json(verdict.without_echoed().wire())
         record = check(verdict.wire())
         assert record["decision"] == verdict.decision.value
         assert [m["id"] for m in record["matches"]] == [m.concept_id for m in verdict.matches]
@@ -147,6 +151,12 @@ def test_nan_stays_a_float_for_the_encoder_to_refuse(demo: Demo) -> None:
     bad = verdict.model_copy(update={"timings_ms": {"embed": math.nan}})
     with pytest.raises(ValueError, match="not JSON compliant"):
         json.dumps(bad.wire(), allow_nan=False)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        bad.encoded()
+    for value in (math.nan, math.inf, -math.inf):
+        entry = verdict.top[0].model_copy(update={"score": value})
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            verdict.model_copy(update={"top": (entry,)}).encoded()
 
 
 def _json_values() -> st.SearchStrategy[Any]:
@@ -205,6 +215,7 @@ def test_any_outcome_and_echoed_fields_make_a_verdict_that_fits_the_schema(
     verdict = demo.verdict(outcome, event, cached=cached)
     if truncate:
         verdict = verdict.without_echoed()
+    assert verdict.encoded() == encode_json(verdict.wire())
     record = check(verdict.wire())
     assert record["decision"] == outcome.decision.value
     assert record["cached"] is cached
@@ -214,3 +225,106 @@ def test_any_outcome_and_echoed_fields_make_a_verdict_that_fits_the_schema(
         assert record["source"] == source
         assert record["metadata"] == metadata
     assert record["submitted_at"] == (submitted.isoformat() if submitted else None)
+
+
+# Any text at all: lone surrogates, controls, quotes, backslashes, non-ASCII.
+_any_text = st.text(st.characters(exclude_categories=()), max_size=12)
+_figures = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [0.0, -0.0, 0.5, 0.00005, -0.00005, 1e-4, 1e16, 5e-324]
+)
+_entries = st.builds(
+    ConceptScore,
+    concept_id=_any_text,
+    category=_any_text,
+    severity=st.sampled_from(Severity),
+    action=st.sampled_from(Action),
+    mode=st.sampled_from(Mode),
+    status=st.sampled_from(Status),
+    score=_figures,
+    threshold=_figures,
+    margin=_figures,
+    counter_score=st.none() | _figures,
+)
+_groups = st.lists(_entries, max_size=3).map(tuple)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(-2, 2)
+    | st.integers(-(10**9), 10**9).map(lambda n: n / 2e4)  # ties at the fifth decimal
+    | st.sampled_from([0.0, -0.0, 5e-5, -5e-5, 4.9999e-5, 1e-4, 0.99995, 1e9 - 1e-5, 1e9, 1e16])
+)
+def test_a_figure_is_written_as_rounding_it_then_encoding_it_would(value: float) -> None:
+    assert _figure(value) == json.dumps(round(value, 4))
+
+
+class _Named:
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
+        self.model_id, self.sha256 = name, version
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    event_id=_any_text,
+    decision=st.sampled_from(Decision),
+    groups=st.tuples(_groups, _groups, _groups, _groups),
+    names=st.tuples(_any_text, _any_text, _any_text, _any_text, _any_text),
+    surface=st.none() | _any_text,
+    source=st.none() | _any_text,
+    metadata=st.none() | st.dictionaries(_any_text, _json_values(), max_size=4),
+    timings=st.dictionaries(_any_text, _figures | st.integers(-(10**6), 10**6), max_size=4),
+    cached=st.booleans(),
+    truncate=st.booleans(),
+)
+def test_the_written_json_is_byte_identical_to_encoding_wire(
+    event_id: str,
+    decision: Decision,
+    groups: tuple[tuple[ConceptScore, ...], ...],
+    names: tuple[str, str, str, str, str],
+    surface: str | None,
+    source: str | None,
+    metadata: dict[str, Any] | None,
+    timings: dict[str, float],
+    cached: bool,
+    truncate: bool,
+) -> None:
+    matches, near, shadow, top = groups
+    outcome = Outcome(decision, matches, near, shadow, top, policy_version=names[1])
+    verdict = build_verdict(
+        ImageEvent(id=event_id, surface=surface, source=source, metadata=metadata),
+        outcome,
+        _Named(names[0], names[1]),
+        _Named(names[2], names[3]),
+        image_sha=names[4],
+        timings=timings,
+        cached=cached,
+    )
+    if truncate:
+        verdict = verdict.without_echoed()
+    try:
+        expected = encode_json(verdict.wire())
+    except ValueError:  # a figure rounded or scaled out of range
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            verdict.encoded()
+        return
+    assert verdict.encoded() == expected
+
+
+def test_metadata_only_pydantic_can_write_falls_back_to_it() -> None:
+    outcome = Outcome(Decision.ALLOW, (), (), (), (), policy_version="v")
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    verdict = build_verdict(
+        ImageEvent(id="m", metadata={"when": when, "pair": (1, 2)}),
+        outcome,
+        _Named("p", "v"),
+        _Named("m", "s"),
+        image_sha="ab",
+        timings={},
+        cached=False,
+    )
+    assert verdict.encoded() == encode_json(verdict.wire())
+    written = json.loads(verdict.encoded())["metadata"]
+    assert written["pair"] == [1, 2]
+    assert written["when"].startswith("2026-01-02T03:04:05")
