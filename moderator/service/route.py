@@ -1,31 +1,36 @@
 """One event's route: a consumed record ends as exactly one verdict or one dead letter.
 
     record → prepare (parse, acquire, hash) → embed (cache, or decode → batch → model)
-           → score with the policy in force → build the verdict → publish, await the ack
+           → score with the policy in force (one call per loop iteration: `Scorer`)
+           → build the verdict → publish, await the ack
 
 Whatever the record carries, `handle` answers it once: an error the pipeline names
 (`ModeratorError`) becomes a dead letter with its reason, and an error nothing anticipated an
 `internal_error` dead letter with the traceback logged. Only a `ServiceFault` (the broker
 refused a send, inference failed) escapes, leaving the record unanswered and uncommitted.
 Counting and the embeddings topic come after the verdict's ack and never instead of it.
+
+CPU on the loop's thread is charged to `moderator.cpu` stages: `score` (by the scorer, once
+per flush), `serialize` (building the verdict and its JSON) and `produce` (handing it to the
+producer, not the wait for the ack).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
+from moderator.cpu import thread_cpu
 from moderator.errors import ModeratorError, Reason, ServiceFault
 from moderator.kafka.publish import Failure, Publisher, verdict_headers
 from moderator.kafka.types import Record
 from moderator.log import get
 from moderator.pipeline.budget import Hold
 from moderator.pipeline.events import ImageEvent
-from moderator.policy.score import CompiledPolicy
 from moderator.service.embedder import Embedder
+from moderator.service.scorer import Policies, Scorer
 from moderator.service.sensor import Sensor
 from moderator.service.verdict import Verdict, build_verdict
 from moderator.types import Encoder
@@ -41,13 +46,6 @@ class _Answered:
     verdict: Verdict
     embedding: np.ndarray
     truncated: bool
-
-
-class Policies(Protocol):
-    """Where the route reads the policy in force (`PolicyReloader` is one)."""
-
-    @property
-    def current(self) -> CompiledPolicy: ...
 
 
 class Route:
@@ -69,6 +67,7 @@ class Route:
         self._publisher = publisher
         self._sensor = sensor
         self._embeddings_topic = embeddings_topic
+        self._scorer = Scorer(policies, on_cpu=sensor.on_cpu)
 
     async def handle(self, record: Record, hold: Hold) -> None:
         """Answer `record` once; only a `ServiceFault` escapes."""
@@ -107,10 +106,11 @@ class Route:
                 exc.attempts = prepared.attempts  # type: ignore[attr-defined]
             raise
         t = time.monotonic()
-        policy = self._policies.current
-        outcome = policy.score(embedding[None, :], [prepared.event.surface])[0]
+        # The policy comes back with the outcome: the version that decided is the one named.
+        policy, outcome = await self._scorer.score(embedding, prepared.event.surface)
         timings["score"] = time.monotonic() - t
         timings["total"] = time.monotonic() - started
+        cpu_started = thread_cpu()
         verdict = build_verdict(
             prepared.event,
             outcome,
@@ -120,14 +120,15 @@ class Route:
             timings=timings,
             cached=cached,
         )
-        t = time.monotonic()
-        truncated = await self._publisher.verdict(
-            prepared.event.id,
-            verdict,
-            verdict_headers(
-                policy.version, self._model.sha256, (record.topic, record.partition, record.offset)
-            ),
+        headers = verdict_headers(
+            policy.version, self._model.sha256, (record.topic, record.partition, record.offset)
         )
+        cpu = {"serialize": thread_cpu() - cpu_started}
+        t = time.monotonic()
+        try:
+            truncated = await self._publisher.verdict(prepared.event.id, verdict, headers, cpu)
+        finally:
+            self._sensor.on_cpu_tally(cpu)
         self._sensor.on_stage("publish", time.monotonic() - t)
         return _Answered(prepared.event, verdict, embedding, truncated)
 

@@ -109,6 +109,15 @@ class _Wired:
         """A metric sample's value, 0 when it was never set."""
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
+    def cpu(self, stage: str) -> float:
+        """CPU seconds counted for `stage`, whatever the metric's other labels."""
+        return sum(
+            sample.value
+            for metric in self.metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "moderator_cpu_seconds_total" and sample.labels["stage"] == stage
+        )
+
     def answers(self) -> int:
         """Verdicts and dead letters sent so far."""
         return len(self.broker.records("verdicts")) + len(self.broker.records("dlq"))
@@ -149,6 +158,7 @@ def _png(side: int) -> bytes:
 
 
 _PNG = _png(40)
+_B64 = base64.b64encode(_PNG).decode()
 # Any code point, lone surrogates (which hypothesis seldom draws by itself) and controls mixed in.
 _text = st.lists(
     st.one_of(
@@ -251,7 +261,65 @@ def test_a_valid_event_gets_a_verdict(route: _Wired) -> None:
     value = json.dumps({"id": "ok-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
     sent = route.handle(_record(1, value))
     assert [s[0] for s in sent] == ["verdicts"]
-    assert json.loads(sent[0][2])["id"] == "ok-1"
+    body = json.loads(sent[0][2] or b"")
+    assert body["id"] == "ok-1"
+    # The version that decided is the one the verdict and its header name.
+    assert body["policy"]["version"] == route.reloader.current.version
+    assert dict(sent[0][3])["x-policy-version"] == body["policy"]["version"].encode()
+
+
+def test_a_verdict_charges_scoring_its_json_and_its_send_to_the_cpu_stages(
+    route: _Wired,
+) -> None:
+    stages = ("score", "serialize", "produce")
+    before = {s: route.cpu(s) for s in stages}
+    value = json.dumps({"id": "cpu-1", "image_b64": base64.b64encode(_PNG).decode()}).encode()
+    assert [s[0] for s in route.handle(_record(12, value))] == ["verdicts"]
+    for stage in stages:
+        assert route.cpu(stage) > before[stage], stage
+
+
+def test_events_answered_together_are_scored_together(
+    route: _Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events whose embeddings are ready in the same loop iteration share one policy call."""
+    sizes: list[int] = []
+    embedding = route.runtime.encode_images([_PNG])[0]
+    policy = route.reloader.current
+    score = type(policy).score
+
+    def counted(self: Any, embeddings: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(embeddings))
+        return score(self, embeddings, *args, **kwargs)
+
+    async def embed(prepared: Any, timings: dict[str, float]) -> Any:
+        waiting.append(prepared)
+        if len(waiting) == len(records):
+            all_waiting.set()
+        await ready.wait()
+        return embedding, False
+
+    monkeypatch.setattr(type(policy), "score", counted)
+    monkeypatch.setattr(route.embedder, "embed", embed)
+    ready, all_waiting, waiting = asyncio.Event(), asyncio.Event(), []
+    records = [
+        _record(20 + i, json.dumps({"id": f"b-{i}", "image_b64": _B64}).encode()) for i in range(5)
+    ]
+
+    async def main() -> None:
+        holds = [Hold(route.budget, len(r.value or b"")) for r in records]
+        handled = [route.route.handle(r, holds[i]) for i, r in enumerate(records)]
+        tasks = [asyncio.create_task(h) for h in handled]
+        await all_waiting.wait()  # every task has reached its (held) embedding
+        ready.set()  # the embeddings are ready together, as a model batch's are
+        await asyncio.gather(*tasks)
+        for hold in holds:
+            hold.release()
+
+    before = len(route.broker.records("verdicts"))
+    route.loop.run_until_complete(main())
+    assert sizes == [5]
+    assert len(route.broker.records("verdicts")) == before + 5
 
 
 def test_an_unanticipated_exception_is_an_internal_error_dead_letter(
