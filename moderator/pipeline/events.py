@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
+import pybase64
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -268,7 +269,7 @@ def parse_event(
         if tally is not None:
             tally.lap("parse")
         try:
-            data = base64.b64decode(event.image_b64, validate=True)
+            data = pybase64.b64decode(event.image_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise EventError(f"image_b64 is not valid base64: {exc}") from exc
         if tally is not None:

@@ -1,4 +1,5 @@
 import base64
+import binascii
 import json
 import re
 from typing import Any
@@ -363,3 +364,28 @@ def test_cloudevents_with_hostile_attributes_parse_to_echoable_events_or_are_ref
     headers = [(k, v) for k, v in _ce_headers() if k.lower() != attribute.lower()]
     headers.append((attribute, text.encode("utf-8", "surrogatepass")))
     _parse_or_refuse(PNG, headers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode()),
+        st.text(alphabet="ABCDabcd0123+/=-_ \n\\!é", max_size=40),
+        st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()[:-1]),
+    )
+)
+def test_image_b64_is_read_exactly_as_the_stdlib_reads_it(text: str) -> None:
+    """SIMD base64 (pybase64) must accept and refuse what `base64.b64decode(validate=True)`
+    does: a wrongly accepted body becomes someone's image, a wrongly refused one a dead letter."""
+    value = json.dumps({"id": "e1", "image_b64": text}).encode()
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    if expected == b"":
+        expected = None  # an empty image is refused either way
+    try:
+        got = parse_event(value, [], max_bytes=1 << 20).image_bytes
+    except EventError:
+        got = None
+    assert got == expected
