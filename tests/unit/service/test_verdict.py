@@ -274,7 +274,12 @@ class _Named:
     surface=st.none() | _any_text,
     source=st.none() | _any_text,
     metadata=st.none() | st.dictionaries(_any_text, _json_values(), max_size=4),
-    timings=st.dictionaries(_any_text, _figures | st.integers(-(10**6), 10**6), max_size=4),
+    # Stage names come from the service itself, never from an event: plain identifiers.
+    timings=st.dictionaries(
+        st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+        _figures | st.integers(-(10**6), 10**6),
+        max_size=4,
+    ),
     cached=st.booleans(),
     truncate=st.booleans(),
 )
