@@ -187,13 +187,6 @@ class PipelineSettings(BaseModel):
     max_wait_ms: float = Field(10.0, ge=0, description="Longest a partial batch waits.")
     max_in_flight: int = Field(1024, ge=1, description="Events in flight before partitions pause.")
     decode_workers: int = Field(0, ge=0, description="Decode processes (0 = CPU count).")
-    decode_shared_mib: int = Field(
-        32,
-        ge=0,
-        description="Shared memory (MiB, in /dev/shm) for the bytes sent to the decode "
-        "processes, in 1 MiB slots; larger records and trips when all slots are out use a "
-        "pipe. 0: pipes only. Taken at start.",
-    )
     gpu_decode: Literal["auto", "on", "off"] = Field(
         "off",
         description="Decode JPEGs on the GPU (nvImageCodec, the gpu extra) when the model runs "

@@ -34,7 +34,6 @@ from moderator.pipeline.batch import Batcher, DeviceInfer
 from moderator.pipeline.budget import MemoryBudget
 from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.pool import DecodePool
-from moderator.pipeline.decode.shared import SLOT_BYTES, Arena
 from moderator.policy.reload import PolicyReloader
 from moderator.service import loop_lag
 from moderator.service.embedder import Embedder
@@ -243,7 +242,6 @@ class Service:
             workers, spec, on_replaced=self.sensor.on_pool_replaced, on_cpu=self.sensor.on_cpu
         )
         stack.push_async_callback(_quietly, pool.close)
-        pool.attach(Arena.create(self.settings.pipeline.decode_shared_mib, SLOT_BYTES))
         await pool.start()
         self.decode_pool = pool
         seconds = round(time.monotonic() - started, 2)

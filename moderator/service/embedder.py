@@ -106,17 +106,15 @@ class Embedder:
                 return gpu_ready
         if self._cache is None:
             t = time.monotonic()
-            prepare = partial(
-                prepare_record,
-                headers=list(record.headers),
-                max_bytes=max_bytes,
-                spec=self._spec,
-                keep_jpeg=self._gpu,
-            )
-            prepared = await (
-                self._pool.run(prepare, None)
-                if record.value is None
-                else self._pool.run_bytes(prepare, record.value)
+            prepared = await self._pool.run(
+                partial(
+                    prepare_record,
+                    record.value,
+                    list(record.headers),
+                    max_bytes=max_bytes,
+                    spec=self._spec,
+                    keep_jpeg=self._gpu,
+                )
             )
             # Its own stage: waiting for a worker, parsing, hashing and decoding.
             self._time(timings, "prepare", t)
@@ -199,7 +197,7 @@ class Embedder:
                     self._sensor.on_decode("gpu")
                     return embedded
             t = time.monotonic()
-            decoded = await self._pool.run_bytes(decode_counted, data, self._spec)
+            decoded = await self._pool.run(decode_counted, data, self._spec)
             self._time(timings, "decode", t)
             self._sensor.on_cpu_tally(decoded.cpu, "worker")
             pixels = decoded.pixels

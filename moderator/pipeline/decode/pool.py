@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -42,7 +41,6 @@ from moderator.errors import DecodeCrashed
 from moderator.log import get
 from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.prepare import start_pool
-from moderator.pipeline.decode.shared import Arena, Parcel
 
 __all__ = ["DecodePool"]
 
@@ -75,7 +73,6 @@ class DecodePool:
         self._waiting: dict[ProcessPoolExecutor, set[asyncio.Future[Any]]] = {}
         self._condemned: set[ProcessPoolExecutor] = set()  # failed by the watchdog
         self._watchdog: asyncio.Task[None] | None = None
-        self._arena: Arena | None = None
 
     @property
     def workers(self) -> int:
@@ -86,23 +83,9 @@ class DecodePool:
         self._pool = await asyncio.to_thread(start_pool, self._workers, self._spec)
         self._watchdog = asyncio.create_task(self._watch(), name="decode-pool-watchdog")
 
-    def attach(self, arena: Arena | None) -> None:
-        """Send trips' bytes through `arena`'s shared memory (`run_bytes`); the pool closes it."""
-        self._arena = arena
-
-    async def run_bytes(self, fn: Callable[..., T], data: bytes, *args: Any) -> T:
-        """`fn(data, *args)` in a decode process, with `data` in a shared-memory slot when one
-        is free as a worker takes it (`fn` then gets a `SlotRef`: `shared.payload` reads
-        either)."""
-        answer: T = await self._run(_Trip(fn, data, args))
-        return answer
-
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in a decode process. Raises what `fn` raises, or `DecodeCrashed`."""
-        answer: T = await self._run(partial(fn, *args))
-        return answer
-
-    async def _run(self, call: Callable[[], Any] | _Trip) -> Any:
+        call = partial(fn, *args)
         while True:
             pool = self._pool
             if pool is None:
@@ -122,24 +105,15 @@ class DecodePool:
             await self._replace(pool)
         return await self._retry_alone(call)
 
-    def _submit(
-        self, pool: ProcessPoolExecutor, call: Callable[[], T] | _Trip
-    ) -> asyncio.Future[T]:
-        """`call` in `pool`, awaited on a future this class can fail itself (`_fail_all`).
-        A `_Trip`'s slot goes back when the executor is done with it, whoever waits."""
+    def _submit(self, pool: ProcessPoolExecutor, call: Callable[[], T]) -> asyncio.Future[T]:
+        """`call` in `pool`, awaited on a future this class can fail itself (`_fail_all`)."""
         loop = asyncio.get_running_loop()
-        parcel = None
-        if isinstance(call, _Trip):
-            parcel = Parcel(self._arena, call.data) if self._arena is not None else None
-            call = partial(call.fn, parcel or call.data, *call.args)
         waiter: asyncio.Future[T] = loop.create_future()
         waiting = self._waiting.setdefault(pool, set())
         waiting.add(waiter)
         waiter.add_done_callback(waiting.discard)
 
         def settle(done: Future[T]) -> None:
-            if parcel is not None and parcel.ref is not None and self._arena is not None:
-                self._arena.give_back(parcel.ref)
             if waiter.done():
                 return
             started = thread_cpu()
@@ -184,7 +158,7 @@ class DecodePool:
                 if pool is not None and _has_dead_process(pool):
                     self._fail_all(pool)
 
-    async def _retry_alone(self, call: Callable[[], T] | _Trip) -> T:
+    async def _retry_alone(self, call: Callable[[], T]) -> T:
         async with self._alone:
             quarantine = await self._quarantine_pool()
             try:
@@ -259,18 +233,6 @@ class DecodePool:
                 self._fail_all(pool)
                 await asyncio.to_thread(_shut, pool, _CLOSE_GRACE_S)
         self._pool = self._quarantine = None
-        if self._arena is not None:
-            self._arena.close()
-            self._arena = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Trip:
-    """A call whose first argument, `data`, may travel in a shared-memory slot."""
-
-    fn: Callable[..., Any]
-    data: bytes
-    args: tuple[Any, ...]
 
 
 def _has_dead_process(pool: ProcessPoolExecutor) -> bool:

@@ -31,7 +31,6 @@ from moderator.cpu import Tally
 from moderator.errors import ModeratorError
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.pipeline.decode.resize import gpu_eligible
-from moderator.pipeline.decode.shared import SlotRef, payload
 from moderator.pipeline.events import ImageEvent, parse_event
 from moderator.types import Pixels, content_key
 
@@ -70,17 +69,15 @@ class Decoded:
     cpu: dict[str, float]
 
 
-def decode_counted(data: bytes | SlotRef, spec: PreprocessSpec) -> Decoded:
+def decode_counted(data: bytes, spec: PreprocessSpec) -> Decoded:
     """`decode_image` in a decode process, with its CPU by stage for the service's budget."""
     tally = Tally()
-    image = payload(data)
-    tally.lap("handoff")
-    pixels = decode_image(image, spec, tally)
+    pixels = decode_image(data, spec, tally)
     return Decoded(pixels, tally.seconds)
 
 
 def prepare_record(
-    value: bytes | SlotRef | None,
+    value: bytes | None,
     headers: Headers,
     *,
     max_bytes: int,
@@ -90,9 +87,6 @@ def prepare_record(
     """Parse one record; for an inline image also hash and decode it. With `keep_jpeg`, a
     JPEG the GPU decoder takes (`gpu_eligible`) comes back undecoded instead."""
     tally = Tally()
-    if value is not None:
-        value = payload(value)
-        tally.lap("handoff")
     event = parse_event(value, headers, max_bytes=max_bytes, tally=tally)
     data = event.image_bytes
     if data is None:

@@ -170,15 +170,15 @@ def test_the_worker_reports_its_cpu_by_stage() -> None:
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     Image.fromarray(noise).save(big, format="JPEG", quality=95)
     prepared = prepare_record(_inline(big.getvalue()), [], max_bytes=1 << 22, spec=SPEC)
-    assert set(prepared.cpu) == {"handoff", "parse", "base64", "hash", "decode", "resize"}
+    assert set(prepared.cpu) == {"parse", "base64", "hash", "decode", "resize"}
     assert all(seconds >= 0 for seconds in prepared.cpu.values())
     assert prepared.cpu["decode"] > 0  # a 640×480 noise JPEG takes a measurable decode
     url = json.dumps({"id": "u1", "image_url": "https://example.com/a.jpg"}).encode()
-    assert set(prepare_record(url, [], max_bytes=1 << 20, spec=SPEC).cpu) == {"handoff", "parse"}
+    assert set(prepare_record(url, [], max_bytes=1 << 20, spec=SPEC).cpu) == {"parse"}
 
 
 def test_decode_counted_gives_the_same_pixels_and_its_cpu() -> None:
     data = _jpeg()
     decoded = prepare_module.decode_counted(data, SPEC)
     np.testing.assert_array_equal(decoded.pixels, decode_image(data, SPEC))
-    assert set(decoded.cpu) == {"handoff", "decode", "resize"}
+    assert set(decoded.cpu) == {"decode", "resize"}
