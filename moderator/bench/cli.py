@@ -201,7 +201,11 @@ def e2e(
     timeout: Annotated[float, typer.Option(help="Deadline of a max-load phase, seconds.")] = 600.0,
     service_env: Annotated[
         list[str] | None,
-        typer.Option("--service-env", help="Extra MODERATOR_X=Y for the service (repeatable)."),
+        typer.Option(
+            "--service-env",
+            help="Extra MODERATOR_X=Y for the service (repeatable); PYTHONPATH=DIR runs the"
+            " service from another checkout.",
+        ),
     ] = None,
     replicas: Annotated[
         int, typer.Option(help="Service processes in one consumer group (cores shared out).")
@@ -284,6 +288,9 @@ def e2e(
 
 def _pair(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
-    if not sep or not key.startswith("MODERATOR_"):
-        raise ConfigError(f"--service-env takes MODERATOR_NAME=value, got {item!r}")
+    # PYTHONPATH: measure another checkout's service with this bench, in the same run.
+    if not sep or not (key.startswith("MODERATOR_") or key == "PYTHONPATH"):
+        raise ConfigError(
+            f"--service-env takes MODERATOR_NAME=value or PYTHONPATH=..., got {item!r}"
+        )
     return key, value

@@ -62,8 +62,10 @@ def child_env(env: Mapping[str, str], *, inherit_settings: bool = True) -> dict[
         k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("MODERATOR_")
     }
     merged = base | dict(env)
+    # This checkout first, unless `env` names its own (another checkout's service, measured
+    # by this one's bench), then whatever this process was given.
     merged["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(_CODE_ROOT), merged.get("PYTHONPATH")])
+        filter(None, [env.get("PYTHONPATH"), str(_CODE_ROOT), base.get("PYTHONPATH")])
     )
     return merged
 

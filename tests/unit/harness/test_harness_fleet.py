@@ -28,6 +28,9 @@ def test_child_env_can_leave_the_callers_settings_out(monkeypatch: pytest.Monkey
     # The children import this very checkout first, then what the caller had.
     code_root = str(Path(__file__).resolve().parents[3])
     assert clean["PYTHONPATH"].split(os.pathsep) == [code_root, "/elsewhere"]
+    # Unless the settings name another checkout to run (bench e2e --service-env PYTHONPATH=).
+    other = child_env({"PYTHONPATH": "/before"}, inherit_settings=False)
+    assert other["PYTHONPATH"].split(os.pathsep) == ["/before", code_root, "/elsewhere"]
 
 
 async def test_replicas_get_their_own_settings_and_ports(tmp_path: Path) -> None:
