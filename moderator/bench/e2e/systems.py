@@ -39,7 +39,7 @@ def service_env(
         "MODERATOR_LOG__LEVEL": "WARNING",
     }
     if opts.replicas > 1:
-        cores = os.cpu_count() or 1
+        cores = opts.service_cores or os.cpu_count() or 1
         env["MODERATOR_PIPELINE__DECODE_WORKERS"] = str(max(1, cores // opts.replicas))
     if opts.replica_devices:
         device = opts.replica_devices[replica % len(opts.replica_devices)]
