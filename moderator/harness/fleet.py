@@ -67,6 +67,8 @@ def child_env(env: Mapping[str, str], *, inherit_settings: bool = True) -> dict[
     merged["PYTHONPATH"] = os.pathsep.join(
         filter(None, [env.get("PYTHONPATH"), str(_CODE_ROOT), base.get("PYTHONPATH")])
     )
+    if env.get("PYTHONPATH"):  # `-m` would put the working directory (a checkout) first
+        merged["PYTHONSAFEPATH"] = "1"
     return merged
 
 

@@ -83,15 +83,17 @@ def summarize(report: Report, phases: list[Phase], opts: E2EOptions) -> None:
             f" mean {lag['mean_ms']:g} ms, p99 {bound(lag['p99_le_ms'])},"
             f" largest {bound(lag['max_le_ms'])}"
         )
-    ours_budget = ours.extra.get("stage_cpu_us_per_event") if ours else None
-    if ours and ours_budget:
-        cpu = ours.extra["cpu_ms_per_event"]
+    for phase in (p for p in phases if p.load == "max" and "cpu_ms_per_event" in p.extra):
+        cpu = phase.extra["cpu_ms_per_event"]
+        budget = phase.extra.get("stage_cpu_us_per_event") or {}
         report.notes.append(
-            f"ours at max load, CPU per event: service {cpu['service_ms']:g} ms (event loops"
-            f" {cpu['service_loop_ms']:g}, other threads {cpu['service_threads_ms']:g}, decode"
-            f" processes {cpu['service_decode_processes_ms']:g}), broker {cpu['broker_ms']:g},"
-            f" load generator and collector {cpu['load_ms']:g}; by stage, µs: "
-            + ", ".join(f"{name} {us:g}" for name, us in ours_budget.items() if us)
+            f"{phase.system} at max load, CPU per event: {phase.system} {cpu['service_ms']:g} ms"
+            f" (event loops {cpu['service_loop_ms']:g}, other threads"
+            f" {cpu['service_threads_ms']:g}, child processes"
+            f" {cpu['service_decode_processes_ms']:g}), broker {cpu['broker_ms']:g}, load"
+            f" generator and collector {cpu['load_ms']:g}"
+            + ("; by stage, µs: " if budget else "")
+            + ", ".join(f"{name} {us:g}" for name, us in budget.items() if us)
         )
     if opts.replicas > 1:
         report.notes.append(

@@ -31,6 +31,7 @@ def test_child_env_can_leave_the_callers_settings_out(monkeypatch: pytest.Monkey
     # Unless the settings name another checkout to run (bench e2e --service-env PYTHONPATH=).
     other = child_env({"PYTHONPATH": "/before"}, inherit_settings=False)
     assert other["PYTHONPATH"].split(os.pathsep) == ["/before", code_root, "/elsewhere"]
+    assert other["PYTHONSAFEPATH"] == "1"  # not the working directory's checkout either
 
 
 async def test_replicas_get_their_own_settings_and_ports(tmp_path: Path) -> None:
