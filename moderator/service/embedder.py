@@ -31,7 +31,7 @@ from moderator.pipeline.budget import Hold, MemoryBudget
 from moderator.pipeline.decode.cpu import PreprocessSpec
 from moderator.pipeline.decode.pool import DecodePool
 from moderator.pipeline.decode.prepare import decode_counted, prepare_record
-from moderator.pipeline.decode.resize import gpu_eligible
+from moderator.pipeline.decode.resize import gpu_eligible, header_is_short
 from moderator.pipeline.events import ImageEvent, is_cloudevent, parse_event
 from moderator.service.sensor import Sensor
 from moderator.types import Pixels
@@ -138,12 +138,14 @@ class Embedder:
         )
         data = event.image_bytes
         ready = None
-        if data is not None and gpu_eligible(data, self._spec):
+        # Only a header that ends within a few segments is read here (`header_is_short`);
+        # any other goes to a decode process, as a JSON event does.
+        if data is not None and header_is_short(data) and gpu_eligible(data, self._spec):
             tally.lap("decode")  # the header read
-            ready = Prepared(
-                replace(event, image_bytes=None), content_key(data), None, GpuJpeg(data), 1
-            )
+            digest = content_key(data)
             tally.lap("hash")
+            ready = Prepared(replace(event, image_bytes=None), digest, None, GpuJpeg(data), 1)
+        tally.lap("decode")
         self._sensor.on_cpu_tally(tally.seconds, "loop")
         return ready
 
@@ -187,7 +189,7 @@ class Embedder:
             if isinstance(data, GpuJpeg):
                 data, gpu = data.data, True
             else:  # fetched, or parsed on the loop: not looked at yet
-                gpu = self._gpu and gpu_eligible(data, self._spec)
+                gpu = self._gpu and header_is_short(data) and gpu_eligible(data, self._spec)
             if gpu:
                 try:
                     embedded = await self._batcher.embed_encoded(data)

@@ -49,6 +49,34 @@ _SAME_SIZE_COPY_BYTES: Final = 6
 _SAME_SIZE_COPY_BYTES_UNREDUCED: Final = 10
 
 
+_MAX_SEGMENTS: Final = 32  # camera JPEGs reach their first scan in ~10-20 segments
+_MAX_FILL: Final = 16  # 0xFF fill bytes allowed before a marker
+
+
+def header_is_short(data: bytes) -> bool:
+    """Whether a JPEG's segments reach its first scan (SOS) within a few markers, stepping
+    by each segment's length: a bound on what reading its header costs. Pillow's header
+    parser walks fill bytes and empty markers one at a time, ~0.5 s per MB of them, which
+    only a decode process may spend on an uploader's bytes, never the event loop."""
+    pos, size = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        start = pos
+        while pos < size and data[pos] == 0xFF:
+            pos += 1
+        if pos == start or pos - start > _MAX_FILL + 1 or pos >= size:
+            return False
+        marker = data[pos]
+        pos += 1
+        if marker == 0xDA:  # start of scan: the header is over
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn, TEM: no length follows
+            continue
+        if pos + 2 > size or (length := (data[pos] << 8) | data[pos + 1]) < 2:
+            return False
+        pos += length
+    return False
+
+
 def gpu_eligible(data: bytes, spec: PreprocessSpec) -> bool:
     """Whether `data` may go to the GPU decoder: a JPEG the CPU path would decode the same way.
 

@@ -372,6 +372,7 @@ def test_cloudevents_with_hostile_attributes_parse_to_echoable_events_or_are_ref
         st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode()),
         st.text(alphabet="ABCDabcd0123+/=-_ \n\\!é", max_size=40),
         st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()[:-1]),
+        st.sampled_from(["/9j/4AAQ=", "/9j/4AAQ==", "QUJD=", "0000=", "QQ===", "QQ=A"]),
     )
 )
 def test_image_b64_is_read_exactly_as_the_stdlib_reads_it(text: str) -> None:

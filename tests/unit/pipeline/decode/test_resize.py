@@ -7,16 +7,20 @@ runs in `serve`; the GPU itself is exercised by tests/gpu (run on the GPU machin
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from moderator.pipeline.decode.cpu import PreprocessSpec, decode_image
 from moderator.pipeline.decode.resize import (
     geometry,
     gpu_eligible,
+    header_is_short,
     reduction,
     resize_crop_model,
     resize_crop_same_size_model,
@@ -202,3 +206,40 @@ def test_limits_and_settings_keep_a_jpeg_on_the_cpu() -> None:
     assert not gpu_eligible(data, PreprocessSpec(224, 224, allowed_formats=frozenset({"PNG"})))
     # A resize edge below the crop needs padding, which only the CPU path does.
     assert not gpu_eligible(data, PreprocessSpec(224, 200))
+
+
+def _photo_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010F] = "camera"  # an APP1 segment before the frame, as phones write
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "JPEG", exif=exif, quality=90)
+    return buffer.getvalue()
+
+
+def test_a_camera_jpeg_header_is_short() -> None:
+    assert header_is_short(_photo_jpeg())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xd8" + b"\xff" * 100_000,  # fill bytes: Pillow walks them one by one
+        b"\xff\xd8" + b"\xff\xfe\x00\x02" * 50_000,  # empty comments
+        b"\xff\xd8" + b"\xff\xe1\x00\x02" * 50_000,  # empty APP1 segments
+        b"\xff\xd8\xff\xe0\x00",  # cut inside a length
+        b"\xff\xd8\xff\xe0\x00\x01rest",  # a length under 2
+        b"\xff\xd8\x00\x00",  # no marker where one must be
+        b"\xff\xd8",
+    ],
+)
+def test_headers_that_would_keep_the_loop_busy_are_not_short(data: bytes) -> None:
+    started = time.perf_counter()
+    assert not header_is_short(data)
+    assert time.perf_counter() - started < 0.05  # bounded, whatever follows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000))
+def test_header_check_never_raises(tail: bytes) -> None:
+    header_is_short(b"\xff\xd8" + tail)
+    header_is_short(_photo_jpeg()[:20] + tail)
