@@ -5,8 +5,8 @@ dashboard) divides by events answered and gets a CPU budget per event and stage.
 the calling thread's CPU time (`time.thread_time`), not wall time: waiting on a lock, a pipe or
 the GPU costs nothing here, which is the point.
 
-Stages, in path order:
-  fetch      the consumer's poll: reading records from the client's buffers
+Stages, in path order (what the event loop spends outside them, aiokafka's fetch above all,
+is what `moderator bench e2e` reports as `loop_other`):
   handoff    sending an event to a decode process and taking its answer back (loop side)
   parse      a record's JSON or CloudEvent headers (in a decode process or on the loop)
   base64     decoding an inline image's base64
@@ -25,12 +25,9 @@ Stages, in path order:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Final
 
 STAGES: Final = (
-    "fetch",
     "handoff",
     "parse",
     "base64",
@@ -65,23 +62,3 @@ class Tally:
         now = thread_cpu()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + (now - self._last)
         self._last = now
-
-    def skip(self) -> None:
-        """Restart the lap without charging anyone (time spent in no named stage)."""
-        self._last = thread_cpu()
-
-    def merged(self, other: Mapping[str, float]) -> dict[str, float]:
-        out = dict(self.seconds)
-        for stage, seconds in other.items():
-            out[stage] = out.get(stage, 0.0) + seconds
-        return out
-
-
-@contextmanager
-def timed(charge: dict[str, float], stage: str) -> Iterator[None]:
-    """Add the CPU the block uses on this thread to `charge[stage]`."""
-    started = thread_cpu()
-    try:
-        yield
-    finally:
-        charge[stage] = charge.get(stage, 0.0) + (thread_cpu() - started)

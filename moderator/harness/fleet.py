@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -78,12 +79,15 @@ def start_serve(
     *,
     command: Sequence[str] = SERVE,
     inherit_settings: bool = True,
+    cores: frozenset[int] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`python -m moderator serve` (or `python COMMAND`) with `env` (see `child_env`), its
     output appended to `log`.
 
     In a process group of its own, like a container: a SIGKILL then takes the decode pool's
-    forkserver and workers along (see `kill_group`) instead of orphaning them.
+    forkserver and workers along (see `kill_group`) instead of orphaning them. With `cores`,
+    it runs on those from its first instruction: thread pools sized at import (OpenBLAS,
+    ONNX Runtime) see them, and its decode processes inherit them.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:  # the child keeps its own copy of the descriptor
@@ -94,6 +98,7 @@ def start_serve(
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if cores is None else partial(os.sched_setaffinity, 0, cores),
         )
 
 
@@ -198,6 +203,7 @@ class Fleet:
     command: Sequence[str] = SERVE
     supervise: bool = True
     inherit_settings: bool = True
+    cores: frozenset[int] | None = None  # every replica pinned to these from its start
     replicas: list[Replica] = field(default_factory=list)
     restarts: int = 0  # replicas that exited on their own and were started again
     exit_codes: list[int] = field(default_factory=list)  # of replicas stopped on purpose
@@ -217,7 +223,11 @@ class Fleet:
             env |= self.replica_env(index, port)
         log = self.log_dir / f"serve-{index:02d}.log"
         process = start_serve(
-            env, log, command=self.command, inherit_settings=self.inherit_settings
+            env,
+            log,
+            command=self.command,
+            inherit_settings=self.inherit_settings,
+            cores=self.cores,
         )
         return Replica(index, process, log, port)
 

@@ -20,6 +20,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from moderator.cpu import thread_cpu
+from moderator.errors import ServiceFault
 from moderator.policy.score import CompiledPolicy, Outcome
 
 
@@ -86,7 +87,9 @@ class Scorer:
         finally:  # whatever escaped (a BaseException), no waiter is left hanging
             for _, _, future in rows:
                 if not future.done():
-                    future.cancel()
+                    # A fault, not a cancellation: a cancelled event is never finished, and
+                    # the commit loop would neither commit it nor stop.
+                    future.set_exception(ServiceFault("scoring was interrupted"))
 
     def _score(self, rows: list[_Row]) -> None:
         started = thread_cpu()

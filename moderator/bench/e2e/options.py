@@ -61,7 +61,7 @@ class E2EOptions:
     encoding: str = "json"  # inline images as JSON + base64, or "binary" CloudEvents
     cores_broker: str | None = None  # e.g. "0-7": pin the local broker there
     cores_load: str | None = None  # the load generator and collector (this process)
-    service_cores: int | None = None  # set by the run: cores the service is pinned to
+    service_cores: frozenset[int] | None = None  # set by the run: the systems' own cores
 
 
 def default_events(model: str) -> int:

@@ -94,16 +94,18 @@ class Usage:
         self._stages: dict[tuple[str, str], float] = {}
 
     async def start(self) -> None:
-        self._stages = stage_seconds(await scrape(self._urls))
+        # The GPU sampler first (NVML takes a while to start); then the stage counters and
+        # /proc back to back, in the reverse order of `stop`, so both cover the same window.
         self._gpu.start()
+        self._stages = stage_seconds(await scrape(self._urls))
         self._before = self._meter.snapshot()
 
     async def stop(self, events: int) -> dict[str, Any]:
         after = self._meter.snapshot()
+        stages = stage_seconds(await scrape(self._urls))
         gpu = self._gpu.stop()
         cpu = cpu_report(self._before, after, events)
         out: dict[str, Any] = {"cpu_ms_per_event": cpu}
-        stages = stage_seconds(await scrape(self._urls))
         if stages:  # ours: the service counts its stages
             out["stage_cpu_us_per_event"] = stage_budget(self._stages, stages, cpu)
         if self._gpu.wanted:

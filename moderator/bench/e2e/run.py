@@ -149,7 +149,7 @@ def _watch(opts: E2EOptions, report: Report) -> Watch:
     if split["load"]:
         os.sched_setaffinity(0, split["load"])
     report.config["cores"] = {name: core_list(cores) for name, cores in split.items()}
-    opts.service_cores = len(split["service"])
+    opts.service_cores = frozenset(split["service"])
     return Watch(broker, split["service"], gpus)
 
 

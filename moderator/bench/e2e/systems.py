@@ -38,8 +38,8 @@ def service_env(
         "MODERATOR_HTTP__PORT": str(port),
         "MODERATOR_LOG__LEVEL": "WARNING",
     }
-    if opts.replicas > 1:
-        cores = opts.service_cores or os.cpu_count() or 1
+    if opts.replicas > 1 or opts.service_cores:
+        cores = len(opts.service_cores or ()) or os.cpu_count() or 1
         env["MODERATOR_PIPELINE__DECODE_WORKERS"] = str(max(1, cores // opts.replicas))
     if opts.replica_devices:
         device = opts.replica_devices[replica % len(opts.replica_devices)]
@@ -69,6 +69,7 @@ async def start_ours(
         name=name,
         supervise=False,
         inherit_settings=False,
+        cores=opts.service_cores,
     )
     await fleet.scale(opts.replicas)
     return fleet
@@ -104,6 +105,7 @@ async def start_naive(
         command=("-m", "moderator.bench.naive", *args),
         supervise=False,
         inherit_settings=False,
+        cores=opts.service_cores,
     )
     await fleet.scale(1)
     return fleet
@@ -140,6 +142,7 @@ async def start_strong(
         command=("-m", "moderator.bench.strong", *args),
         supervise=False,
         inherit_settings=False,
+        cores=opts.service_cores,
     )
     await fleet.scale(1)
     return fleet

@@ -66,11 +66,19 @@ def listening_pids(port: int) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
-                found.append(int(proc.name))
-        except OSError:
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # gone, or not ours to read
             continue
+        if any(_link(fd) in wanted for fd in fds):
+            found.append(int(proc.name))
     return sorted(found)
+
+
+def _link(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed since the listing
+        return None
 
 
 def broker_pids(bootstrap: str) -> list[int]:
@@ -169,7 +177,7 @@ _PLACES: Final = {
     "worker": "service_decode_processes_ms",
 }
 # What a place's CPU outside its named stages is called in the budget.
-_UNNAMED: Final = {"loop": "fetch", "thread": "threads_other", "worker": "workers_other"}
+_UNNAMED: Final = {"loop": "loop_other", "thread": "threads_other", "worker": "workers_other"}
 
 
 def stage_seconds(metrics_texts: Sequence[str]) -> dict[tuple[str, str], float]:
@@ -185,9 +193,9 @@ def stage_budget(
     before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], cpu: dict[str, Any]
 ) -> dict[str, float]:
     """µs per event by stage (`moderator.cpu.STAGES`, wherever it ran), plus what /proc saw
-    that no stage claimed, per place: `fetch` is the event loop's CPU outside its named stages
-    (aiokafka's fetch: socket reads, protocol decoding, record unpacking; asyncio's
-    scheduling), `threads_other` the replicas' other threads outside theirs (the pipes to the
+    that no stage claimed, per place: `loop_other` is the event loop's CPU outside its named
+    stages (aiokafka's fetch above all: socket reads, protocol decoding, record unpacking;
+    then asyncio's scheduling, metrics, dead letters), `threads_other` the replicas' other threads outside theirs (the pipes to the
     decode processes, ONNX Runtime's own pool), `workers_other` the decode processes outside
     theirs (taking work, sending pixels back)."""
     n = max(1, int(cpu["events"]))
@@ -195,12 +203,12 @@ def stage_budget(
     used = {k: 1e6 * (after.get(k, 0.0) - before.get(k, 0.0)) / n for k in keys}
     budget = dict.fromkeys(STAGES, 0.0)
     for (stage, _where), us in used.items():
-        if stage in budget and stage != "fetch":
+        if stage in budget:
             budget[stage] += us
     for where, group in _PLACES.items():
         named = sum(us for (_stage, w), us in used.items() if w == where)
         budget[_UNNAMED[where]] = max(0.0, 1000 * float(cpu[group]) - named)
-    order = (*STAGES, "threads_other", "workers_other")
+    order = ("loop_other", *STAGES, "threads_other", "workers_other")
     return {s: round(budget[s], 1) for s in order}
 
 

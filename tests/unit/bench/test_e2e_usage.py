@@ -76,7 +76,7 @@ def test_stage_budget_names_what_the_stages_left_unclaimed() -> None:
     assert budget["decode"] == 5000.0  # (6 - 1) s over 1000 events
     assert budget["hash"] == 500.0  # on the loop and in the workers
     assert budget["base64"] == 250.0
-    assert budget["fetch"] == 1250.0  # the loop's 2 ms less score 0.5 and hash 0.25
+    assert budget["loop_other"] == 1250.0  # the loop's 2 ms less score 0.5 and hash 0.25
     assert budget["threads_other"] == 500.0
     assert budget["workers_other"] == 1500.0  # 7 ms less decode 5, hash 0.25, base64 0.25
     assert budget["resize"] == 0.0
