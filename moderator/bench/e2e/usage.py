@@ -195,9 +195,9 @@ def stage_budget(
     """µs per event by stage (`moderator.cpu.STAGES`, wherever it ran), plus what /proc saw
     that no stage claimed, per place: `loop_other` is the event loop's CPU outside its named
     stages (aiokafka's fetch above all: socket reads, protocol decoding, record unpacking;
-    then asyncio's scheduling, metrics, dead letters), `threads_other` the replicas' other threads outside theirs (the pipes to the
-    decode processes, ONNX Runtime's own pool), `workers_other` the decode processes outside
-    theirs (taking work, sending pixels back)."""
+    then asyncio's scheduling, metrics, dead letters), `threads_other` the replicas' other
+    threads outside theirs (the pipes to the decode processes, ONNX Runtime's own pool),
+    `workers_other` the decode processes outside theirs (taking work, sending pixels back)."""
     n = max(1, int(cpu["events"]))
     keys = set(after) | set(before)
     used = {k: 1e6 * (after.get(k, 0.0) - before.get(k, 0.0)) / n for k in keys}
