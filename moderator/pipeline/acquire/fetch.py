@@ -39,7 +39,6 @@ from moderator.pipeline.acquire.guard import (
     SCHEMES,
     AddressRefused,
     GuardedBackend,
-    GuardedTransport,
     HostNotFound,
     InvalidHost,
     Resolver,
@@ -47,6 +46,7 @@ from moderator.pipeline.acquire.guard import (
     check_url,
     normalize_host,
 )
+from moderator.pipeline.acquire.transport import ConnectionPool, GuardedTransport
 from moderator.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -181,11 +181,11 @@ class Fetcher:
         `ssl_context` replaces the default verification context (certifi, or SSL_CERT_FILE)."""
         self._policy = policy
         backend = GuardedBackend(policy, resolver or SystemResolver(), network_backend)
-        pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(),
+        pool = ConnectionPool(
+            backend,
+            ssl_context or httpx.create_ssl_context(),
             max_connections=policy.max_connections,
-            keepalive_expiry=_KEEPALIVE_EXPIRY_S,
-            network_backend=backend,
+            keepalive_expiry_s=_KEEPALIVE_EXPIRY_S,
         )
         self._client = httpx.AsyncClient(
             transport=GuardedTransport(pool),

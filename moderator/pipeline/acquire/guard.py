@@ -13,7 +13,7 @@ service. The guard works in two places:
   over-long label, a character other than letters, digits, `-` and `_`) or a port outside
   1-65535 is refused there too, as `fetch_failed` without a retry: it is a broken URL, not an
   attack.
-* At connect time, inside `GuardedBackend`, the httpcore network backend of the shared client.
+* At connect time, inside `GuardedBackend`, the network backend of the shared client's pool.
   It resolves the name once, refuses it if *any* address is not public, and opens the TCP
   connection to an address it has just checked, so there is no second lookup that DNS
   rebinding could answer differently. httpcore still believes it talks to the name: the Host
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, ip_address
 from typing import Protocol
 
@@ -259,91 +259,3 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
-
-
-# httpcore's exceptions and the httpx ones of the same name that the rest of httpx expects,
-# most specific first.
-_ERROR_NAMES = (
-    "ConnectTimeout",
-    "ReadTimeout",
-    "WriteTimeout",
-    "PoolTimeout",
-    "TimeoutException",
-    "ConnectError",
-    "ReadError",
-    "WriteError",
-    "NetworkError",
-    "UnsupportedProtocol",
-    "RemoteProtocolError",
-    "LocalProtocolError",
-    "ProtocolError",
-)
-_ERROR_MAP: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
-    (getattr(httpcore, name), getattr(httpx, name)) for name in _ERROR_NAMES
-)
-
-
-def _as_httpx_error(exc: Exception) -> Exception:
-    for source, target in _ERROR_MAP:
-        if isinstance(exc, source):
-            return target(str(exc))
-    return exc
-
-
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, stream: httpcore.Response) -> None:
-        self._response = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.aiter_stream():
-                yield chunk
-        except Exception as exc:
-            mapped = _as_httpx_error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over an httpcore pool whose connections go through GuardedBackend.
-
-    httpx's own AsyncHTTPTransport cannot be given a network backend, hence this small adapter.
-    """
-
-    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
-        self._pool = pool
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        try:
-            response = await self._pool.handle_async_request(core_request)
-        except Exception as exc:
-            mapped = _as_httpx_error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_Body(response),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
