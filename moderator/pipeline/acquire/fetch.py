@@ -11,11 +11,15 @@ and backoff gets `FetchPolicy.deadline_s`; bodies are streamed and reading stops
 `max_bytes`. Transient failures (connect errors, timeouts, truncated bodies, 5xx, 429) are
 retried with jittered exponential backoff; other 4xx, refusals and oversize bodies fail at once.
 
-Decisions: proxies from the environment are ignored (a proxy would do its own DNS and defeat the
-guard). Cookies are never stored. Responses are requested with `Accept-Encoding: identity` and a
-compressed response is refused, because decompressing would let a small body expand past
-`max_bytes` in one step. The guard's resolver uses the running asyncio loop, so `Fetcher` is
-asyncio-only.
+Requests go out through `transport.ConnectionPool` (keep-alive connections per origin, each
+opened through the guard) as httpcore HTTP/1.1 exchanges; httpx only parses and joins URLs.
+
+Decisions: no proxy is ever used, whatever the environment says (a proxy would do its own DNS
+and defeat the guard). Cookies are never stored or sent: a request carries Host, User-Agent,
+Accept and Accept-Encoding, nothing else. Responses are requested with `Accept-Encoding:
+identity` and a compressed response is refused, because decompressing would let a small body
+expand past `max_bytes` in one step. The guard's resolver uses the running asyncio loop, so
+`Fetcher` is asyncio-only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import random
 import re
 import ssl
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -46,7 +49,7 @@ from moderator.pipeline.acquire.guard import (
     check_url,
     normalize_host,
 )
-from moderator.pipeline.acquire.transport import ConnectionPool, GuardedTransport
+from moderator.pipeline.acquire.transport import ConnectionPool
 from moderator.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,18 @@ _SHOWN_URL_CHARS = 200  # error messages end up in DLQ headers and logs: keep th
 _URL_ERRORS = (httpx.InvalidURL, ValueError, TypeError)
 
 _USER_AGENT = "moderator-fetch/0.1"
+_HEADERS = (
+    (b"User-Agent", _USER_AGENT.encode()),
+    (b"Accept", b"image/*"),
+    (b"Accept-Encoding", b"identity"),
+)
+# What httpcore raises for a failed exchange (connect, TLS, I/O, protocol, timeouts).
+_TRANSPORT_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
 # Scheduling slack on top of the attempt and backoff budget, so that the per-attempt timeout,
 # whose message is more precise, is what normally ends a slow fetch.
 _DEADLINE_GRACE_S = 0.1
@@ -167,7 +182,7 @@ class _Transient(Exception):
 
 
 class Fetcher:
-    """Fetches image URLs through one shared, guarded httpx client. Close it with `aclose`."""
+    """Fetches image URLs through one shared, guarded connection pool. Close it with `aclose`."""
 
     def __init__(
         self,
@@ -181,24 +196,15 @@ class Fetcher:
         `ssl_context` replaces the default verification context (certifi, or SSL_CERT_FILE)."""
         self._policy = policy
         backend = GuardedBackend(policy, resolver or SystemResolver(), network_backend)
-        pool = ConnectionPool(
+        self._pool = ConnectionPool(
             backend,
             ssl_context or httpx.create_ssl_context(),
             max_connections=policy.max_connections,
             keepalive_expiry_s=_KEEPALIVE_EXPIRY_S,
         )
-        self._client = httpx.AsyncClient(
-            transport=GuardedTransport(pool),
-            trust_env=False,  # an environment proxy would resolve names itself, past the guard
-            follow_redirects=False,  # each hop is checked in _attempt
-            timeout=policy.timeout_s,
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # store no cookies
-            headers={
-                "User-Agent": _USER_AGENT,
-                "Accept": "image/*",
-                "Accept-Encoding": "identity",
-            },
-        )
+        # Per step, as httpx used to pass them; the attempt's own timeout bounds the total.
+        limit = policy.timeout_s
+        self._timeouts = {"connect": limit, "read": limit, "write": limit, "pool": limit}
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -214,7 +220,7 @@ class Fetcher:
 
     async def aclose(self) -> None:
         self._closed = True
-        await self._client.aclose()
+        await self._pool.aclose()
 
     async def fetch(self, url: str) -> Fetched:
         """The body at `url`, within the policy's limits.
@@ -266,9 +272,10 @@ class Fetcher:
             shown = redact(current)
             check_url(current, shown, self._policy)
             try:
-                async with self._client.stream("GET", current) as response:
-                    location = response.headers.get("location")
-                    if response.status_code in REDIRECT_STATUSES and location:
+                response = await self._pool.handle_async_request(self._request(current))
+                try:
+                    location = _header(response, b"location")
+                    if response.status in REDIRECT_STATUSES and location:
                         try:
                             current = current.join(location)
                         except _URL_ERRORS as exc:
@@ -280,51 +287,79 @@ class Fetcher:
                         data=data,
                         final_url=str(current),
                         attempts=attempt,
-                        content_type=response.headers.get("content-type"),
+                        content_type=_header(response, b"content-type"),
                     )
+                finally:
+                    await response.aclose()  # hands a fully read connection back to the pool
             except AddressRefused as exc:
                 raise FetchBlocked(f"{shown}: {exc}") from None
             except (HostNotFound, InvalidHost) as exc:
                 raise AcquireError(f"{shown}: {exc}") from None
-            except httpx.TransportError as exc:
+            except _TRANSPORT_ERRORS as exc:
                 raise _classify(shown, exc) from exc
         raise AcquireError(f"{redact(url)}: more than {self._policy.max_redirects} redirects")
 
+    def _request(self, url: httpx.URL) -> httpcore.Request:
+        return httpcore.Request(
+            method=b"GET",
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=[(b"Host", url.netloc), *_HEADERS],
+            extensions={"timeout": self._timeouts},
+        )
+
     @staticmethod
-    def _check_status(shown: str, response: httpx.Response) -> None:
-        status = response.status_code
+    def _check_status(shown: str, response: httpcore.Response) -> None:
+        status = response.status
         if 200 <= status < 300:
             return
-        what = f"HTTP {status} {response.reason_phrase}".rstrip()
+        reason = response.extensions.get("reason_phrase", b"").decode("ascii", "replace")
+        what = f"HTTP {status} {reason or httpx.codes.get_reason_phrase(status)}".rstrip()
         if status == 429 or status >= 500:
             raise _Transient(what)
         raise AcquireError(f"{shown}: {what}")
 
-    async def _read_body(self, shown: str, response: httpx.Response) -> bytes:
+    async def _read_body(self, shown: str, response: httpcore.Response) -> bytes:
         limit = self._policy.max_bytes
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        encoding = (_header(response, b"content-encoding") or "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise AcquireError(f"{shown}: refused compressed body (Content-Encoding {encoding})")
-        declared = response.headers.get("content-length")
+        declared = _header(response, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise TooLarge(f"{shown}: Content-Length {int(declared)} is over {limit} bytes")
         body = bytearray()
-        # Chunks are at most one network read (64 KiB in httpcore), so at most that much past
-        # the limit is ever held, and only until this raises.
-        async for chunk in response.aiter_raw():
+        # Chunks are at most one network read (256 KiB, transport._Connection), so at most that
+        # much past the limit is ever held, and only until this raises.
+        async for chunk in response.aiter_stream():
             if len(body) + len(chunk) > limit:
                 raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
             body += chunk
         return bytes(body)
 
 
-def _classify(shown: str, exc: httpx.TransportError) -> Exception:
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    """A response header's value, repeats joined with ", " as HTTP defines; None if absent.
+
+    Values are UTF-8 where they decode as such (a raw UTF-8 Location, say), else Latin-1.
+    """
+    values = [v for k, v in response.headers if k.lower() == name]
+    if not values:
+        return None
+    raw = b", ".join(values)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _classify(shown: str, exc: Exception) -> Exception:
     """Transport failures are transient, except those another try cannot fix."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return AcquireError(f"{shown}: TLS certificate rejected ({cause.verify_message})")
         cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+    if isinstance(exc, httpcore.UnsupportedProtocol | httpcore.LocalProtocolError):
         return AcquireError(f"{shown}: {type(exc).__name__}: {exc}")
     return _Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

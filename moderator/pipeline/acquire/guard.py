@@ -42,6 +42,7 @@ import httpx
 
 from moderator.errors import AcquireError, FetchBlocked
 from moderator.pipeline.acquire.addresses import IPAddress, host_name_problem
+from moderator.pipeline.acquire.sockets import AsyncioBackend
 
 SCHEMES = frozenset({"http", "https"})
 
@@ -180,7 +181,7 @@ class InvalidHost(Exception):
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore backend that resolves once, checks every address, and connects to a checked one.
 
-    `inner` opens the actual TCP connection (default httpcore's AnyIOBackend); it only ever
+    `inner` opens the actual TCP connection (default `sockets.AsyncioBackend`); it only ever
     receives IP addresses.
     """
 
@@ -192,7 +193,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+        self._inner = inner if inner is not None else AsyncioBackend()
 
     async def connect_tcp(
         self,
