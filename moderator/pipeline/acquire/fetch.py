@@ -49,7 +49,7 @@ from moderator.pipeline.acquire.guard import (
     check_url,
     normalize_host,
 )
-from moderator.pipeline.acquire.transport import ConnectionPool
+from moderator.pipeline.acquire.transport import ConnectionPool, Origin, Response
 from moderator.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -202,9 +202,6 @@ class Fetcher:
             max_connections=policy.max_connections,
             keepalive_expiry_s=_KEEPALIVE_EXPIRY_S,
         )
-        # Per step, as httpx used to pass them; the attempt's own timeout bounds the total.
-        limit = policy.timeout_s
-        self._timeouts = {"connect": limit, "read": limit, "write": limit, "pool": limit}
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -272,9 +269,14 @@ class Fetcher:
             shown = redact(current)
             check_url(current, shown, self._policy)
             try:
-                response = await self._pool.handle_async_request(self._request(current))
+                response = await self._pool.request(
+                    _origin(current),
+                    current.raw_path,
+                    [(b"Host", current.netloc), *_HEADERS],
+                    self._policy.timeout_s,
+                )
                 try:
-                    location = _header(response, b"location")
+                    location = response.header(b"location")
                     if response.status in REDIRECT_STATUSES and location:
                         try:
                             current = current.join(location)
@@ -287,7 +289,7 @@ class Fetcher:
                         data=data,
                         final_url=str(current),
                         attempts=attempt,
-                        content_type=_header(response, b"content-type"),
+                        content_type=response.header(b"content-type"),
                     )
                 finally:
                     await response.aclose()  # hands a fully read connection back to the pool
@@ -299,58 +301,38 @@ class Fetcher:
                 raise _classify(shown, exc) from exc
         raise AcquireError(f"{redact(url)}: more than {self._policy.max_redirects} redirects")
 
-    def _request(self, url: httpx.URL) -> httpcore.Request:
-        return httpcore.Request(
-            method=b"GET",
-            url=httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            ),
-            headers=[(b"Host", url.netloc), *_HEADERS],
-            extensions={"timeout": self._timeouts},
-        )
-
     @staticmethod
-    def _check_status(shown: str, response: httpcore.Response) -> None:
+    def _check_status(shown: str, response: Response) -> None:
         status = response.status
         if 200 <= status < 300:
             return
-        reason = response.extensions.get("reason_phrase", b"").decode("ascii", "replace")
+        reason = response.reason.decode("ascii", "replace")
         what = f"HTTP {status} {reason or httpx.codes.get_reason_phrase(status)}".rstrip()
         if status == 429 or status >= 500:
             raise _Transient(what)
         raise AcquireError(f"{shown}: {what}")
 
-    async def _read_body(self, shown: str, response: httpcore.Response) -> bytes:
+    async def _read_body(self, shown: str, response: Response) -> bytes:
         limit = self._policy.max_bytes
-        encoding = (_header(response, b"content-encoding") or "identity").strip().lower()
+        encoding = (response.header(b"content-encoding") or "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise AcquireError(f"{shown}: refused compressed body (Content-Encoding {encoding})")
-        declared = _header(response, b"content-length")
+        declared = response.header(b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise TooLarge(f"{shown}: Content-Length {int(declared)} is over {limit} bytes")
         body = bytearray()
-        # Chunks are at most one network read (256 KiB, transport._Connection), so at most that
-        # much past the limit is ever held, and only until this raises.
-        async for chunk in response.aiter_stream():
+        # Chunks are at most one network read (transport.READ_BYTES), so at most that much past
+        # the limit is ever held, and only until this raises.
+        async for chunk in response.body():
             if len(body) + len(chunk) > limit:
                 raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
             body += chunk
         return bytes(body)
 
 
-def _header(response: httpcore.Response, name: bytes) -> str | None:
-    """A response header's value, repeats joined with ", " as HTTP defines; None if absent.
-
-    Values are UTF-8 where they decode as such (a raw UTF-8 Location, say), else Latin-1.
-    """
-    values = [v for k, v in response.headers if k.lower() == name]
-    if not values:
-        return None
-    raw = b", ".join(values)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+def _origin(url: httpx.URL) -> Origin:
+    port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
+    return (url.raw_scheme, url.raw_host, port)
 
 
 def _classify(shown: str, exc: Exception) -> Exception:

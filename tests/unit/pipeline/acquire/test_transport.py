@@ -9,15 +9,23 @@ fetches end.
 from __future__ import annotations
 
 import asyncio
-import importlib.machinery
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpcore
+import httpx
 import pytest
-from loopback_http import HOST, LOOPBACK_ONLY, LoopbackOnly, MakeFetcher, TableResolver
+from loopback_http import (
+    HOST,
+    LOOPBACK_ONLY,
+    LoopbackOnly,
+    MakeFetcher,
+    TableResolver,
+    TinyServer,
+    head,
+    in_turn,
+)
 
 from moderator.errors import AcquireError, FetchBlocked, TooLarge
 from moderator.pipeline.acquire.fetch import FetchPolicy
@@ -33,7 +41,8 @@ class KeepAliveServer:
     /drop/...   answers normally (keep-alive), then closes the idle connection
     /slow/...   answers after 50 ms
     /hole/...   never answers
-    /big/...    a 10 000-byte body; anything else: a 3-byte body
+    /big/...    a 10 000-byte body
+    /chunked/.. the 3-byte body in two chunks; anything else: a 3-byte body with Content-Length
     """
 
     connections: int = 0  # accepted so far
@@ -69,6 +78,11 @@ class KeepAliveServer:
                     return
                 if path.startswith("/slow"):
                     await asyncio.sleep(0.05)
+                if path.startswith("/chunked"):
+                    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    writer.write(chunked + b"2\r\nim\r\n1\r\ng\r\n0\r\n\r\n")
+                    await writer.drain()
+                    continue
                 body = b"x" * 10_000 if path.startswith("/big") else b"img"
                 closing = path.startswith("/close")
                 extra = b"Connection: close\r\n" if closing else b""
@@ -126,6 +140,15 @@ async def test_one_connection_serves_an_origin_and_only_that_origin(
     await fetcher.fetch(keepalive.url("/b"))
     assert backend.connects == [("127.0.0.1", keepalive.port)] * 2
     assert [number for number, _ in keepalive.requests] == [1, 1, 1, 2]
+
+
+async def test_a_chunked_response_read_to_its_end_keeps_the_connection(
+    keepalive: KeepAliveServer, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = make_fetcher()
+    for n in range(2):
+        assert (await fetcher.fetch(keepalive.url(f"/chunked/{n}"))).data == b"img"
+    assert keepalive.connections == 1
 
 
 async def test_a_connection_not_reused_is_resolved_and_checked_again(
@@ -210,10 +233,12 @@ async def test_a_fetch_cancelled_while_waiting_for_a_slot_leaves_no_trace(
 
 
 async def _get(pool: ConnectionPool, url: str) -> bytes:
-    host = httpcore.URL(url).host
-    response = await pool.handle_async_request(httpcore.Request("GET", url, headers={"Host": host}))
+    parsed = httpx.URL(url)
+    assert parsed.port is not None
+    origin = (b"http", parsed.raw_host, parsed.port)
+    response = await pool.request(origin, parsed.raw_path, [(b"Host", parsed.netloc)], 1.0)
     try:
-        return b"".join([chunk async for chunk in response.aiter_stream()])
+        return b"".join([chunk async for chunk in response.body()])
     finally:
         await response.aclose()
 
@@ -243,20 +268,54 @@ async def test_idle_connections_expire(
     await keepalive.until(lambda: keepalive.open_now == 0, "every connection closed")
 
 
-async def test_httpcore_does_not_search_for_a_missing_sniffio(
-    monkeypatch: pytest.MonkeyPatch,
+# --- HTTP/1.1 edges the connection handles itself (one request per connection: TinyServer) ------
+
+
+def _raw(data: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+    async def handle(writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+
+    return handle
+
+
+async def test_informational_responses_are_skipped(
+    server: TinyServer, make_fetcher: MakeFetcher
 ) -> None:
-    """Every lock httpcore sets up asks which async library runs; that must not walk sys.path."""
-    from httpcore._synchronization import current_async_library
+    server.routes["/x"] = _raw(
+        b"HTTP/1.1 100 Continue\r\n\r\n" + head(200, {"Content-Length": "3"}) + b"img"
+    )
+    assert (await make_fetcher().fetch(server.url("/x"))).data == b"img"
 
-    searched: list[str] = []
-    find_spec = importlib.machinery.PathFinder.find_spec
 
-    def spy(name: str, *args: Any, **kwargs: Any) -> Any:
-        searched.append(name)
-        return find_spec(name, *args, **kwargs)
+async def test_a_body_ending_with_the_connection_is_read_to_that_end(
+    server: TinyServer, make_fetcher: MakeFetcher
+) -> None:
+    server.routes["/x"] = _raw(head(200, {}) + b"no length given")  # head() says Connection: close
+    assert (await make_fetcher().fetch(server.url("/x"))).data == b"no length given"
 
-    monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", spy)
-    for _ in range(10):
-        assert current_async_library() == "asyncio"
-    assert searched == []
+
+async def test_a_truncated_body_is_retried(server: TinyServer, make_fetcher: MakeFetcher) -> None:
+    server.routes["/x"] = in_turn(
+        _raw(head(200, {"Content-Length": "10"}) + b"abc"),
+        _raw(head(200, {"Content-Length": "3"}) + b"img"),
+    )
+    got = await make_fetcher().fetch(server.url("/x"))
+    assert (got.data, got.attempts) == (b"img", 2)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP at all
+        b"",  # hangs up without a word
+        b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 200_000 + b"\r\n\r\n",  # headers over 100 KiB
+    ],
+    ids=["not-http", "silent-close", "huge-headers"],
+)
+async def test_broken_responses_are_transient_failures(
+    server: TinyServer, make_fetcher: MakeFetcher, answer: bytes
+) -> None:
+    server.routes["/x"] = _raw(answer)
+    with pytest.raises(AcquireError, match="RemoteProtocolError") as caught:
+        await make_fetcher(retries=1).fetch(server.url("/x"))
+    assert caught.value.attempts == 2
