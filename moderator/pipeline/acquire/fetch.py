@@ -29,6 +29,7 @@ import logging
 import random
 import re
 import ssl
+from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -68,13 +69,8 @@ _HEADERS = (
     (b"Accept", b"image/*"),
     (b"Accept-Encoding", b"identity"),
 )
-# What httpcore raises for a failed exchange (connect, TLS, I/O, protocol, timeouts).
-_TRANSPORT_ERRORS = (
-    httpcore.NetworkError,
-    httpcore.TimeoutException,
-    httpcore.ProtocolError,
-    httpcore.UnsupportedProtocol,
-)
+# What the pool raises for a failed exchange (connect, TLS, I/O, protocol, timeouts).
+_TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
 # Scheduling slack on top of the attempt and backoff budget, so that the per-attempt timeout,
 # whose message is more precise, is what normally ends a slow fetch.
 _DEADLINE_GRACE_S = 0.1
@@ -323,10 +319,11 @@ class Fetcher:
         body = bytearray()
         # Chunks are at most one network read (transport.READ_BYTES), so at most that much past
         # the limit is ever held, and only until this raises.
-        async for chunk in response.body():
-            if len(body) + len(chunk) > limit:
-                raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
-            body += chunk
+        async with aclosing(response.body()) as chunks:
+            async for chunk in chunks:
+                if len(body) + len(chunk) > limit:
+                    raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
+                body += chunk
         return bytes(body)
 
 
@@ -342,6 +339,6 @@ def _classify(shown: str, exc: Exception) -> Exception:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return AcquireError(f"{shown}: TLS certificate rejected ({cause.verify_message})")
         cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpcore.UnsupportedProtocol | httpcore.LocalProtocolError):
+    if isinstance(exc, httpcore.LocalProtocolError):  # a request h11 refuses to send
         return AcquireError(f"{shown}: {type(exc).__name__}: {exc}")
     return _Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

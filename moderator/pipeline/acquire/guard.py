@@ -13,15 +13,15 @@ service. The guard works in two places:
   over-long label, a character other than letters, digits, `-` and `_`) or a port outside
   1-65535 is refused there too, as `fetch_failed` without a retry: it is a broken URL, not an
   attack.
-* At connect time, inside `GuardedBackend`, the network backend of the shared client's pool.
-  It resolves the name once, refuses it if *any* address is not public, and opens the TCP
-  connection to an address it has just checked, so there is no second lookup that DNS
-  rebinding could answer differently. httpcore still believes it talks to the name: the Host
-  header, TLS SNI and certificate verification use the URL's hostname, and the pool keys
-  connections by name. This is why the URL is not rewritten to the IP with an `sni_hostname`
-  override instead: such a pool would key connections by IP and reuse a TLS connection made
-  for `a.example` for `b.example` behind the same CDN address. A pooled connection stays on
-  the address that was checked when it was opened.
+* At connect time, inside `GuardedBackend`, the network backend of the fetcher's pool
+  (`transport.ConnectionPool`). It resolves the name once, refuses it if *any* address is not
+  public, and opens the TCP connection to an address it has just checked, so there is no
+  second lookup that DNS rebinding could answer differently. Everything above the socket
+  still talks to the name: the Host header, TLS SNI and certificate verification use the URL's
+  hostname, and the pool keys connections by name. This is why the URL is not rewritten to
+  the IP instead: such a pool would key connections by IP and reuse a TLS connection made for
+  `a.example` for `b.example` behind the same CDN address. A pooled connection stays on the
+  address that was checked when it was opened.
 
 URLs with credentials (`user:pass@`) are refused rather than stripped, since silently dropping
 them hides a producer bug and sending them would hand secrets to whatever host a redirect names.

@@ -23,7 +23,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import h11
@@ -80,7 +80,7 @@ class _Connection:
             await self.aclose()
             raise
 
-    async def body(self, limit_s: float | None) -> AsyncIterator[bytes]:
+    async def body(self, limit_s: float | None) -> AsyncGenerator[bytes, None]:
         """The response body, one network read's worth at a time."""
         while True:
             event = await self._next_event(limit_s)
@@ -156,7 +156,7 @@ class Response:
         except UnicodeDecodeError:
             return raw.decode("latin-1")
 
-    def body(self) -> AsyncIterator[bytes]:
+    def body(self) -> AsyncGenerator[bytes, None]:
         return self._connection.body(self._read_limit_s)
 
     async def aclose(self) -> None:
