@@ -11,15 +11,11 @@ and backoff gets `FetchPolicy.deadline_s`; bodies are streamed and reading stops
 `max_bytes`. Transient failures (connect errors, timeouts, truncated bodies, 5xx, 429) are
 retried with jittered exponential backoff; other 4xx, refusals and oversize bodies fail at once.
 
-Requests go out through `transport.ConnectionPool` (keep-alive connections per origin, each
-opened through the guard) as httpcore HTTP/1.1 exchanges; httpx only parses and joins URLs.
-
-Decisions: no proxy is ever used, whatever the environment says (a proxy would do its own DNS
-and defeat the guard). Cookies are never stored or sent: a request carries Host, User-Agent,
-Accept and Accept-Encoding, nothing else. Responses are requested with `Accept-Encoding:
-identity` and a compressed response is refused, because decompressing would let a small body
-expand past `max_bytes` in one step. The guard's resolver uses the running asyncio loop, so
-`Fetcher` is asyncio-only.
+Decisions: proxies from the environment are ignored (a proxy would do its own DNS and defeat the
+guard). Cookies are never stored. Responses are requested with `Accept-Encoding: identity` and a
+compressed response is refused, because decompressing would let a small body expand past
+`max_bytes` in one step. The guard's resolver uses the running asyncio loop, so `Fetcher` is
+asyncio-only.
 """
 
 from __future__ import annotations
@@ -29,8 +25,8 @@ import logging
 import random
 import re
 import ssl
-from contextlib import aclosing
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -43,6 +39,7 @@ from moderator.pipeline.acquire.guard import (
     SCHEMES,
     AddressRefused,
     GuardedBackend,
+    GuardedTransport,
     HostNotFound,
     InvalidHost,
     Resolver,
@@ -50,7 +47,6 @@ from moderator.pipeline.acquire.guard import (
     check_url,
     normalize_host,
 )
-from moderator.pipeline.acquire.transport import ConnectionPool, Origin, Response
 from moderator.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -64,13 +60,6 @@ _SHOWN_URL_CHARS = 200  # error messages end up in DLQ headers and logs: keep th
 _URL_ERRORS = (httpx.InvalidURL, ValueError, TypeError)
 
 _USER_AGENT = "moderator-fetch/0.1"
-_HEADERS = (
-    (b"User-Agent", _USER_AGENT.encode()),
-    (b"Accept", b"image/*"),
-    (b"Accept-Encoding", b"identity"),
-)
-# What the pool raises for a failed exchange (connect, TLS, I/O, protocol, timeouts).
-_TRANSPORT_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
 # Scheduling slack on top of the attempt and backoff budget, so that the per-attempt timeout,
 # whose message is more precise, is what normally ends a slow fetch.
 _DEADLINE_GRACE_S = 0.1
@@ -178,7 +167,7 @@ class _Transient(Exception):
 
 
 class Fetcher:
-    """Fetches image URLs through one shared, guarded connection pool. Close it with `aclose`."""
+    """Fetches image URLs through one shared, guarded httpx client. Close it with `aclose`."""
 
     def __init__(
         self,
@@ -192,11 +181,23 @@ class Fetcher:
         `ssl_context` replaces the default verification context (certifi, or SSL_CERT_FILE)."""
         self._policy = policy
         backend = GuardedBackend(policy, resolver or SystemResolver(), network_backend)
-        self._pool = ConnectionPool(
-            backend,
-            ssl_context or httpx.create_ssl_context(),
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=policy.max_connections,
-            keepalive_expiry_s=_KEEPALIVE_EXPIRY_S,
+            keepalive_expiry=_KEEPALIVE_EXPIRY_S,
+            network_backend=backend,
+        )
+        self._client = httpx.AsyncClient(
+            transport=GuardedTransport(pool),
+            trust_env=False,  # an environment proxy would resolve names itself, past the guard
+            follow_redirects=False,  # each hop is checked in _attempt
+            timeout=policy.timeout_s,
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # store no cookies
+            headers={
+                "User-Agent": _USER_AGENT,
+                "Accept": "image/*",
+                "Accept-Encoding": "identity",
+            },
         )
         self._closed = False
 
@@ -213,7 +214,7 @@ class Fetcher:
 
     async def aclose(self) -> None:
         self._closed = True
-        await self._pool.aclose()
+        await self._client.aclose()
 
     async def fetch(self, url: str) -> Fetched:
         """The body at `url`, within the policy's limits.
@@ -265,15 +266,9 @@ class Fetcher:
             shown = redact(current)
             check_url(current, shown, self._policy)
             try:
-                response = await self._pool.request(
-                    _origin(current),
-                    current.raw_path,
-                    [(b"Host", current.netloc), *_HEADERS],
-                    self._policy.timeout_s,
-                )
-                try:
-                    location = response.header(b"location")
-                    if response.status in REDIRECT_STATUSES and location:
+                async with self._client.stream("GET", current) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in REDIRECT_STATUSES and location:
                         try:
                             current = current.join(location)
                         except _URL_ERRORS as exc:
@@ -285,60 +280,51 @@ class Fetcher:
                         data=data,
                         final_url=str(current),
                         attempts=attempt,
-                        content_type=response.header(b"content-type"),
+                        content_type=response.headers.get("content-type"),
                     )
-                finally:
-                    await response.aclose()  # hands a fully read connection back to the pool
             except AddressRefused as exc:
                 raise FetchBlocked(f"{shown}: {exc}") from None
             except (HostNotFound, InvalidHost) as exc:
                 raise AcquireError(f"{shown}: {exc}") from None
-            except _TRANSPORT_ERRORS as exc:
+            except httpx.TransportError as exc:
                 raise _classify(shown, exc) from exc
         raise AcquireError(f"{redact(url)}: more than {self._policy.max_redirects} redirects")
 
     @staticmethod
-    def _check_status(shown: str, response: Response) -> None:
-        status = response.status
+    def _check_status(shown: str, response: httpx.Response) -> None:
+        status = response.status_code
         if 200 <= status < 300:
             return
-        reason = response.reason.decode("ascii", "replace")
-        what = f"HTTP {status} {reason or httpx.codes.get_reason_phrase(status)}".rstrip()
+        what = f"HTTP {status} {response.reason_phrase}".rstrip()
         if status == 429 or status >= 500:
             raise _Transient(what)
         raise AcquireError(f"{shown}: {what}")
 
-    async def _read_body(self, shown: str, response: Response) -> bytes:
+    async def _read_body(self, shown: str, response: httpx.Response) -> bytes:
         limit = self._policy.max_bytes
-        encoding = (response.header(b"content-encoding") or "identity").strip().lower()
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise AcquireError(f"{shown}: refused compressed body (Content-Encoding {encoding})")
-        declared = response.header(b"content-length")
+        declared = response.headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise TooLarge(f"{shown}: Content-Length {int(declared)} is over {limit} bytes")
         body = bytearray()
-        # Chunks are at most one network read (transport.READ_BYTES), so at most that much past
+        # Chunks are at most one network read (64 KiB in httpcore), so at most that much past
         # the limit is ever held, and only until this raises.
-        async with aclosing(response.body()) as chunks:
-            async for chunk in chunks:
-                if len(body) + len(chunk) > limit:
-                    raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
-                body += chunk
+        async for chunk in response.aiter_raw():
+            if len(body) + len(chunk) > limit:
+                raise TooLarge(f"{shown}: body is over {limit} bytes (stopped reading)")
+            body += chunk
         return bytes(body)
 
 
-def _origin(url: httpx.URL) -> Origin:
-    port = url.port if url.port is not None else (443 if url.scheme == "https" else 80)
-    return (url.raw_scheme, url.raw_host, port)
-
-
-def _classify(shown: str, exc: Exception) -> Exception:
+def _classify(shown: str, exc: httpx.TransportError) -> Exception:
     """Transport failures are transient, except those another try cannot fix."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return AcquireError(f"{shown}: TLS certificate rejected ({cause.verify_message})")
         cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpcore.LocalProtocolError):  # a request h11 refuses to send
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return AcquireError(f"{shown}: {type(exc).__name__}: {exc}")
     return _Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

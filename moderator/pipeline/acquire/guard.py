@@ -13,15 +13,15 @@ service. The guard works in two places:
   over-long label, a character other than letters, digits, `-` and `_`) or a port outside
   1-65535 is refused there too, as `fetch_failed` without a retry: it is a broken URL, not an
   attack.
-* At connect time, inside `GuardedBackend`, the network backend of the fetcher's pool
-  (`transport.ConnectionPool`). It resolves the name once, refuses it if *any* address is not
-  public, and opens the TCP connection to an address it has just checked, so there is no
-  second lookup that DNS rebinding could answer differently. Everything above the socket
-  still talks to the name: the Host header, TLS SNI and certificate verification use the URL's
-  hostname, and the pool keys connections by name. This is why the URL is not rewritten to
-  the IP instead: such a pool would key connections by IP and reuse a TLS connection made for
-  `a.example` for `b.example` behind the same CDN address. A pooled connection stays on the
-  address that was checked when it was opened.
+* At connect time, inside `GuardedBackend`, the httpcore network backend of the shared client.
+  It resolves the name once, refuses it if *any* address is not public, and opens the TCP
+  connection to an address it has just checked, so there is no second lookup that DNS
+  rebinding could answer differently. httpcore still believes it talks to the name: the Host
+  header, TLS SNI and certificate verification use the URL's hostname, and the pool keys
+  connections by name. This is why the URL is not rewritten to the IP with an `sni_hostname`
+  override instead: such a pool would key connections by IP and reuse a TLS connection made
+  for `a.example` for `b.example` behind the same CDN address. A pooled connection stays on
+  the address that was checked when it was opened.
 
 URLs with credentials (`user:pass@`) are refused rather than stripped, since silently dropping
 them hides a producer bug and sending them would hand secrets to whatever host a redirect names.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from ipaddress import IPv4Address, ip_address
 from typing import Protocol
 
@@ -42,7 +42,6 @@ import httpx
 
 from moderator.errors import AcquireError, FetchBlocked
 from moderator.pipeline.acquire.addresses import IPAddress, host_name_problem
-from moderator.pipeline.acquire.sockets import AsyncioBackend
 
 SCHEMES = frozenset({"http", "https"})
 
@@ -181,7 +180,7 @@ class InvalidHost(Exception):
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore backend that resolves once, checks every address, and connects to a checked one.
 
-    `inner` opens the actual TCP connection (default `sockets.AsyncioBackend`); it only ever
+    `inner` opens the actual TCP connection (default httpcore's AnyIOBackend); it only ever
     receives IP addresses.
     """
 
@@ -193,7 +192,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._inner = inner if inner is not None else AsyncioBackend()
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -260,3 +259,91 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+# httpcore's exceptions and the httpx ones of the same name that the rest of httpx expects,
+# most specific first.
+_ERROR_NAMES = (
+    "ConnectTimeout",
+    "ReadTimeout",
+    "WriteTimeout",
+    "PoolTimeout",
+    "TimeoutException",
+    "ConnectError",
+    "ReadError",
+    "WriteError",
+    "NetworkError",
+    "UnsupportedProtocol",
+    "RemoteProtocolError",
+    "LocalProtocolError",
+    "ProtocolError",
+)
+_ERROR_MAP: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name)) for name in _ERROR_NAMES
+)
+
+
+def _as_httpx_error(exc: Exception) -> Exception:
+    for source, target in _ERROR_MAP:
+        if isinstance(exc, source):
+            return target(str(exc))
+    return exc
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, stream: httpcore.Response) -> None:
+        self._response = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over an httpcore pool whose connections go through GuardedBackend.
+
+    httpx's own AsyncHTTPTransport cannot be given a network backend, hence this small adapter.
+    """
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            response = await self._pool.handle_async_request(core_request)
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

@@ -1,6 +1,5 @@
 """Fixtures for the acquire tests: every Fetcher gets `LoopbackOnly` as its network backend
-(it refuses anything but loopback; over either kind of sockets) and a table resolver (no real
-DNS)."""
+(it refuses anything but loopback) and a table resolver (no real DNS)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore
 import pytest
 from loopback_http import (
     HOST,
@@ -29,10 +27,9 @@ async def server() -> AsyncIterator[TinyServer]:
     await srv.close()
 
 
-@pytest.fixture(params=["asyncio", "anyio"])
-def backend(request: pytest.FixtureRequest) -> LoopbackOnly:
-    """Every fetch test runs over the fetcher's own sockets and over httpcore's anyio ones."""
-    return LoopbackOnly(httpcore.AnyIOBackend() if request.param == "anyio" else None)
+@pytest.fixture
+def backend() -> LoopbackOnly:
+    return LoopbackOnly()
 
 
 @pytest.fixture

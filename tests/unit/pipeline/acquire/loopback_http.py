@@ -17,7 +17,6 @@ import httpcore
 
 from moderator.pipeline.acquire.addresses import IPAddress
 from moderator.pipeline.acquire.fetch import Fetcher
-from moderator.pipeline.acquire.sockets import AsyncioBackend
 
 HOST = "images.example.test"
 LOOPBACK_ONLY = frozenset({ip_network("127.0.0.1/32")})
@@ -43,12 +42,10 @@ class TableResolver:
 
 
 class LoopbackOnly(httpcore.AsyncNetworkBackend):
-    """Real TCP connections, but only to loopback IPs; records every connection attempt.
+    """Real TCP connections, but only to loopback IPs; records every connection attempt."""
 
-    `inner` makes them: the fetcher's own `AsyncioBackend` unless a test names another."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.inner = inner if inner is not None else AsyncioBackend()
+    def __init__(self) -> None:
+        self.inner = httpcore.AnyIOBackend()
         self.connects: list[tuple[str, int]] = []
 
     async def connect_tcp(
