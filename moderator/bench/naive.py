@@ -38,7 +38,7 @@ from PIL import Image
 from moderator.policy.load import load_policies
 from moderator.policy.score import CompiledPolicy
 
-__all__ = ["NaiveConfig", "NaivePeer", "main"]
+__all__ = ["NaiveConfig", "NaivePeer", "config_fields", "main", "peer_arguments", "run_peer"]
 
 _FETCH_TIMEOUT_S = 10.0
 _MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -230,8 +230,9 @@ class NaivePeer:
         self.answered += len(records)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The naive CLIP moderation consumer.")
+def peer_arguments(description: str, batch: int) -> argparse.ArgumentParser:
+    """The command line both peers take (`bench e2e` starts them alike)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--verdicts", required=True)
@@ -239,25 +240,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--ready-file", type=Path)
-    args = parser.parse_args(argv)
-    config = NaiveConfig(
-        bootstrap=args.bootstrap,
-        input_topic=args.input,
-        verdict_topic=args.verdicts,
-        group=args.group,
-        checkpoint=args.checkpoint,
-        policy=args.policy,
-        device=args.device,
-        batch=args.batch,
-        threads=args.threads,
-        ready_file=args.ready_file,
-    )
+    return parser
+
+
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """`NaiveConfig`'s fields from `peer_arguments`' parse."""
+    return {
+        "bootstrap": args.bootstrap,
+        "input_topic": args.input,
+        "verdict_topic": args.verdicts,
+        "group": args.group,
+        "checkpoint": args.checkpoint,
+        "policy": args.policy,
+        "device": args.device,
+        "batch": args.batch,
+        "threads": args.threads,
+        "ready_file": args.ready_file,
+    }
+
+
+def run_peer(peer: NaivePeer) -> int:
+    """Run `peer` until SIGTERM or SIGINT; print how many events it answered."""
 
     async def serve() -> int:
-        peer = NaivePeer(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, peer.stop)
@@ -267,6 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         print(json.dumps({"answered": answered}), flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = peer_arguments("The naive CLIP moderation consumer.", batch=1).parse_args(argv)
+    return run_peer(NaivePeer(NaiveConfig(**config_fields(args))))
 
 
 if __name__ == "__main__":

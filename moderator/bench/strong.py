@@ -21,14 +21,12 @@ import binascii
 import contextlib
 import io
 import json
-import signal
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,7 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from numpy.typing import NDArray
 from PIL import Image
 
-from moderator.bench.naive import NaiveConfig, NaivePeer
+from moderator.bench.naive import NaiveConfig, NaivePeer, config_fields, peer_arguments, run_peer
 from moderator.errors import ConfigError
 
 __all__ = ["STRONG_BATCH", "Event", "Spec", "StrongConfig", "StrongPeer", "decode", "main"]
@@ -338,46 +336,12 @@ async def fetch_all(events: list[Event], http: httpx.AsyncClient) -> list[Event]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The strong CLIP moderation consumer.")
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--verdicts", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--policy", type=Path, required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=STRONG_BATCH)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--ready-file", type=Path)
+    parser = peer_arguments("The strong CLIP moderation consumer.", batch=STRONG_BATCH)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error("--batch must be >= 1")
-    config = StrongConfig(
-        bootstrap=args.bootstrap,
-        input_topic=args.input,
-        verdict_topic=args.verdicts,
-        group=args.group,
-        checkpoint=args.checkpoint,
-        policy=args.policy,
-        device=args.device,
-        batch=args.batch,
-        threads=args.threads,
-        ready_file=args.ready_file,
-        compile=args.compile,
-    )
-
-    async def serve() -> int:
-        peer = StrongPeer(config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, peer.stop)
-        return await peer.run()
-
-    answered = asyncio.run(serve())
-    with contextlib.suppress(OSError):
-        print(json.dumps({"answered": answered}), flush=True)
-    return 0
+    return run_peer(StrongPeer(StrongConfig(**config_fields(args), compile=args.compile)))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,10 @@ async def start_ours(
     return fleet
 
 
-async def start_naive(
+async def _start_peer(
+    module: str,
+    name: str,
+    batch: int | None,
     opts: E2EOptions,
     checkpoint: Path,
     policy: Path,
@@ -83,51 +86,15 @@ async def start_naive(
     group: str,
     log_dir: Path,
 ) -> Fleet:
-    """The naive peer; ready once it has written its ready file (it has partitions)."""
+    """A peer (`python -m MODULE`) on the phase's topics; ready once it has written its ready
+    file (it has partitions). `batch` None leaves the peer its own batch size."""
     ready_file = log_dir.with_suffix(".ready")
     ready_file.unlink(missing_ok=True)
     args = [
         *("--bootstrap", opts.broker, "--input", topics["input"]),
         *("--verdicts", topics["verdicts"], "--group", group),
         *("--checkpoint", str(checkpoint), "--policy", str(policy)),
-        *("--batch", str(opts.peer_batch), "--threads", str(opts.peer_threads)),
-        *("--ready-file", str(ready_file)),
-    ]
-
-    def ready(_replica: Replica) -> bool:
-        return ready_file.is_file()
-
-    fleet = Fleet(
-        {},
-        log_dir,
-        ready=ready,
-        name="naive peer",
-        command=("-m", "moderator.bench.naive", *args),
-        supervise=False,
-        inherit_settings=False,
-        cores=opts.service_cores,
-    )
-    await fleet.scale(1)
-    return fleet
-
-
-async def start_strong(
-    opts: E2EOptions,
-    checkpoint: Path,
-    policy: Path,
-    topics: dict[str, str],
-    group: str,
-    log_dir: Path,
-) -> Fleet:
-    """The strong peer (`moderator.bench.strong`), started as the naive one is. Its batch is
-    its own (64) unless `--peer-batch` asks for more than 1."""
-    ready_file = log_dir.with_suffix(".ready")
-    ready_file.unlink(missing_ok=True)
-    args = [
-        *("--bootstrap", opts.broker, "--input", topics["input"]),
-        *("--verdicts", topics["verdicts"], "--group", group),
-        *("--checkpoint", str(checkpoint), "--policy", str(policy)),
-        *(("--batch", str(opts.peer_batch)) if opts.peer_batch > 1 else ()),
+        *(("--batch", str(batch)) if batch is not None else ()),
         *("--threads", str(opts.peer_threads), "--ready-file", str(ready_file)),
     ]
 
@@ -138,14 +105,59 @@ async def start_strong(
         {},
         log_dir,
         ready=ready,
-        name="strong peer",
-        command=("-m", "moderator.bench.strong", *args),
+        name=name,
+        command=("-m", module, *args),
         supervise=False,
         inherit_settings=False,
         cores=opts.service_cores,
     )
     await fleet.scale(1)
     return fleet
+
+
+async def start_naive(
+    opts: E2EOptions,
+    checkpoint: Path,
+    policy: Path,
+    topics: dict[str, str],
+    group: str,
+    log_dir: Path,
+) -> Fleet:
+    """The naive peer (`moderator.bench.naive`), `--peer-batch` events at a time."""
+    return await _start_peer(
+        "moderator.bench.naive",
+        "naive peer",
+        opts.peer_batch,
+        opts,
+        checkpoint,
+        policy,
+        topics,
+        group,
+        log_dir,
+    )
+
+
+async def start_strong(
+    opts: E2EOptions,
+    checkpoint: Path,
+    policy: Path,
+    topics: dict[str, str],
+    group: str,
+    log_dir: Path,
+) -> Fleet:
+    """The strong peer (`moderator.bench.strong`). Its batch is its own (64) unless
+    `--peer-batch` asks for more than 1."""
+    return await _start_peer(
+        "moderator.bench.strong",
+        "strong peer",
+        opts.peer_batch if opts.peer_batch > 1 else None,
+        opts,
+        checkpoint,
+        policy,
+        topics,
+        group,
+        log_dir,
+    )
 
 
 START_PEER: Final = {"naive": start_naive, "strong": start_strong}
