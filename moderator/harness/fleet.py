@@ -117,12 +117,20 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (decode workers sit under a replica), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and all its descendants (decode workers sit under it)."""
     total = 0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
+    for current in [pid, *descendants(pid)]:
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:  # exited meanwhile
@@ -130,17 +138,17 @@ def tree_rss_bytes(pid: int) -> int:
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
-        stack.extend(children(current))
     return total
 
 
-def main_thread_cpu_s(pid: int) -> float | None:
-    """utime + stime of a process's main thread (the service's event loop), from
-    /proc/PID/task/PID/stat; None where /proc cannot tell (not Linux)."""
+def cpu_s(pid: int, thread: int | None = None) -> float:
+    """utime + stime of a process (all its threads) or of one of its threads, from /proc;
+    0 once it is gone."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+        stat = Path(path).read_text()
     except OSError:
-        return None
+        return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -347,17 +355,6 @@ class Fleet:
     def urls(self, path: str) -> list[str]:
         """`path` on the HTTP port of each replica that has one of its own (say /metrics)."""
         return [r.url(path) for r in self.replicas if r.port is not None]
-
-    def main_thread_cpu_s(self) -> float | None:
-        """CPU seconds the replicas' main threads (their event loops) have used, or None
-        where /proc cannot tell."""
-        total = 0.0
-        for replica in self.replicas:
-            used = main_thread_cpu_s(replica.pid)
-            if used is None:
-                return None
-            total += used
-        return total
 
     async def wait_logged(self, text: str, timeout_s: float) -> bool:
         """True once every running replica's log contains `text`."""

@@ -135,7 +135,6 @@ async def max_phase(
         t0, all_ready = await system.wait_ready(READY_TIMEOUT_S)
         usage = Usage(watch, system)
         await usage.start()
-        loop_cpu_0 = system.main_thread_cpu_s()
         progress(f"{name}: ready; consuming {events} preloaded events")
         deadline = t0 + limit_s
         complete = False
@@ -164,14 +163,10 @@ async def max_phase(
         if len(system.replicas) > 1:
             phase.extra["all_ready_after_s"] = round(all_ready - t0, 3)
             phase.extra["verdicts_s_all_ready"] = rate_since(collector.arrived, all_ready, t1)
-        loop_cpu_1 = system.main_thread_cpu_s()
-        # One process only: with replicas, the later ones' model loading would land in it.
-        single = len(system.replicas) == 1
-        if name == "ours" and single and loop_cpu_0 is not None and loop_cpu_1 is not None:
-            # Main-thread CPU per answer: what one event costs the event loop, the part of
-            # the work no extra decode worker or GPU can take over.
-            used_ms = 1000 * (loop_cpu_1 - loop_cpu_0)
-            phase.extra["loop_cpu_ms_per_event"] = used_ms / max(1, phase.answered)
+        if name == "ours" and len(system.replicas) == 1:
+            # What one event costs the event loop, the part of the work no extra decode
+            # worker or GPU can take over (`usage` has it for any number of replicas).
+            phase.extra["loop_cpu_ms_per_event"] = used["cpu_ms_per_event"]["service_loop_ms"]
     except BaseException:
         await system.stop()
         raise

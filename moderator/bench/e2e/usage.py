@@ -19,29 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from moderator.cpu import STAGES
-from moderator.harness.fleet import children
-
-_TICK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_s(pid: int, thread: int | None = None) -> float:
-    """utime + stime of a process (all its threads) or of one of its threads; 0 once gone."""
-    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
-    try:
-        stat = Path(path).read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        for child in children(todo.pop()):
-            out.append(child)
-            todo.append(child)
-    return out
+from moderator.harness.fleet import cpu_s, descendants
 
 
 def listening_pids(port: int) -> list[int]:
