@@ -140,12 +140,12 @@ class Embedder:
         ready = None
         # Only a header that ends within a few segments is read here (`header_is_short`);
         # any other goes to a decode process, as a JSON event does.
-        if data is not None and header_is_short(data) and gpu_eligible(data, self._spec):
-            tally.lap("decode")  # the header read
+        fit = data is not None and header_is_short(data) and gpu_eligible(data, self._spec)
+        tally.lap("decode")  # the header read
+        if fit and data is not None:
             digest = content_key(data)
             tally.lap("hash")
             ready = Prepared(replace(event, image_bytes=None), digest, None, GpuJpeg(data), 1)
-        tally.lap("decode")
         self._sensor.on_cpu_tally(tally.seconds, "loop")
         return ready
 
